@@ -1,0 +1,55 @@
+#!/usr/bin/python3
+"""GitLab server hook: a pushed release tag becomes an OpenDevOps (CODO) task.
+
+Link it into a project's custom_hooks as `pre-receive.d/`, `update.d/` or
+`post-receive.d/` (or name it after the stage); run it by its own name for the
+admin commands (`check-config`, `match`, `flush`, `status`).
+
+This file stays tiny on purpose: Python compiles the script it runs on every
+start but caches the bytecode of the modules it imports. Refs that are not
+new or moved tags are dismissed here, before any config is read; the rest of
+the program is codo_release.py, found beside this file's real path.
+"""
+
+import os
+import sys
+
+HOOK_STAGES = ("pre-receive", "update", "post-receive")
+
+
+def invoked_stage(argv0):
+    """The stage is the name we run under, or that of the `<stage>.d` chain."""
+    name = os.path.basename(argv0)
+    if name in HOOK_STAGES:
+        return name
+    chain = os.path.basename(os.path.dirname(argv0))
+    if chain.endswith(".d") and chain[:-2] in HOOK_STAGES:
+        return chain[:-2]
+    return None
+
+
+def tag_updates(stage, argv):
+    """`old new ref` triples of tags created or moved; branches and deletions never count."""
+    if stage == "update":
+        lines = [" ".join(argv[2:4] + argv[1:2])]
+    else:
+        lines = sys.stdin.buffer.read().decode("utf-8", "surrogateescape").splitlines()
+    updates = (line.split() for line in lines if "refs/tags/" in line)
+    return [u for u in updates if len(u) == 3 and u[2].startswith("refs/tags/") and set(u[1]) != {"0"}]
+
+
+def main():
+    stage = os.environ.get("CODO_HOOK_STAGE") or invoked_stage(sys.argv[0])
+    updates = None
+    if stage in HOOK_STAGES:
+        updates = tag_updates(stage, sys.argv)
+        if not updates:
+            return 0
+    sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+    import codo_release
+
+    return codo_release.main(stage, updates, sys.argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The entry: stage by invocation name, and refs that are not releases cost nothing."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+from conftest import FILES, PROJECT, ZERO, new_tag_line
+
+
+def run(path, argv=(), stdin="", **env):
+    environment = {"PATH": os.environ["PATH"], "GL_PROJECT_PATH": PROJECT}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", path, *argv],
+        input=stdin,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def imported(result):
+    return {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_a_branch_is_dismissed_by_the_entry_alone(tmp_path):
+    alone = tmp_path / "update"
+    shutil.copy(os.path.join(FILES, "codo_release_hook.py"), alone)  # no module beside it: it must not be needed
+    result = run(str(alone), ["refs/heads/main", "1" * 40, "2" * 40])
+    assert result.returncode == 0
+    assert "codo_release" not in imported(result)
+
+
+def test_a_tag_deletion_is_dismissed_by_the_entry_alone(tmp_path):
+    chain = tmp_path / "post-receive.d"
+    chain.mkdir()
+    shutil.copy(os.path.join(FILES, "codo_release_hook.py"), chain / "codo-release")
+    result = run(str(chain / "codo-release"), stdin=f"{'1' * 40} {ZERO} refs/tags/release-dbtt-1\n")
+    assert result.returncode == 0
+    assert "codo_release" not in imported(result)
+
+
+def test_non_release_tags_never_import_requests(site):
+    site.link("post-receive")
+    lines = "".join(new_tag_line(f"v1.{n}") + "\n" for n in range(50))
+    result = run(os.path.join(site.hooks, "post-receive.d", "codo-release"), stdin=lines)
+    assert result.returncode == 0
+    modules = imported(result)
+    assert "codo_release" in modules
+    assert "requests" not in modules
+    assert site.fake.requests == []
+
+
+def test_stage_comes_from_the_chain_directory_name(site):
+    result = site.run_hook("pre-receive", [new_tag_line("release-dbtt-$(id)")])
+    assert result.returncode == 1  # pre-receive validates only...
+    assert site.fake.requests == []
+    ok = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")])
+    assert ok.returncode == 0 and site.fake.requests == []  # ...and sends nothing
+
+
+def test_codo_hook_stage_overrides_the_name(site):
+    result = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")], CODO_HOOK_STAGE="post-receive")
+    assert "submitted as task" in result.stdout
+
+
+def test_codo_hook_config_overrides_the_config_path(site, tmp_path):
+    moved = tmp_path / "elsewhere.json"
+    os.rename(site.config_path, moved)
+    result = site.run_hook("post-receive", [new_tag_line("release-dbtt-1")], CODO_HOOK_CONFIG=str(moved))
+    assert "submitted as task" in result.stdout
+
+
+def test_without_gl_project_path_a_single_project_config_stands_for_it(site):
+    link = os.path.join(site.hooks, "post-receive.d", "codo-release")
+    site.link("post-receive")
+    result = subprocess.run(
+        [link], input=new_tag_line("release-dbtt-1") + "\n", cwd=site.repo, env={"PATH": os.environ["PATH"]},
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert "submitted as task" in result.stdout
+
+
+def test_the_key_can_come_from_the_environment_for_admin_use(site):
+    os.unlink(site.key_file)
+    from conftest import AUTH_KEY
+
+    result = site.run_hook("post-receive", [new_tag_line("release-dbtt-1")], CODO_AUTH_KEY=AUTH_KEY)
+    assert "submitted as task" in result.stdout
