@@ -51,7 +51,7 @@ def _write(stream, line):
 
 def shown(name):
     """A ref name as it may be shown: as is when plain, else quoted with anything odd escaped."""
-    return name if SHELL_SAFE_TAG.match(name) else ascii(name)
+    return name if re.match(SHELL_SAFE_TAG, name, re.ASCII) else ascii(name)
 
 
 # ---------------------------------------------------------------------------
@@ -107,8 +107,7 @@ MAX_HOSTS_PER_GROUP = 100
 
 # Whatever tag_name_pattern says, these never reach a shell on the execution hosts:
 # shell syntax, quotes, white space, globs, non-ASCII, and a leading '-' (an option).
-SHELL_SAFE_TAG = re.compile(r"[A-Za-z0-9._/+,=:@%][A-Za-z0-9._/+,=:@%-]*\Z", re.ASCII)
-IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\Z", re.ASCII)
+SHELL_SAFE_TAG = r"[A-Za-z0-9._/+,=:@%][A-Za-z0-9._/+,=:@%-]*\Z"  # compiled on first use, not on every start
 
 
 class ConfigError(Exception):
@@ -355,9 +354,15 @@ def _hosts_problems(where, hosts):
                 f"{where}.{group} has {len(ips)} hosts; the platform takes at most {MAX_HOSTS_PER_GROUP} a group: split it"
             )
         for ip in ips:
-            if not isinstance(ip, str) or not IPV4.match(ip):
+            if not isinstance(ip, str) or not is_ipv4(ip):
                 problems.append(f"{where}.{group}: {ip!r} is not an IPv4 address (the platform connects by IP)")
     return problems
+
+
+def is_ipv4(text):
+    """Dotted quad, no leading zeros: what the platform's own check accepts."""
+    parts = text.split(".")
+    return len(parts) == 4 and all(part.isdigit() and part == str(int(part)) and int(part) < 256 for part in parts)
 
 
 def _regex_problems(pattern, where, flags):
@@ -378,7 +383,6 @@ def _is_number(value):
 # 3. Decisions
 # ---------------------------------------------------------------------------
 
-ZERO = {"0"}
 
 
 class RefUpdate:
@@ -393,7 +397,7 @@ class RefUpdate:
 
     @property
     def created(self):
-        return set(self.old) == ZERO
+        return not self.old.strip("0")
 
     def as_dict(self):
         return {"old": self.old, "new": self.new, "ref": self.ref}
@@ -428,7 +432,7 @@ def decide(config, project, update, user):
 
 def unsafe_tag_reason(config, tag):
     """Why a tag name must not reach a shell on the execution hosts, or '' when it is safe."""
-    if not config.tag_name_re.fullmatch(tag) or not SHELL_SAFE_TAG.match(tag):
+    if not config.tag_name_re.fullmatch(tag) or not re.match(SHELL_SAFE_TAG, tag, re.ASCII):
         return (
             "tag {} is not a safe release name: it goes into a shell command on the execution hosts; "
             "use letters, digits and . _ / - (tag_name_pattern {})".format(shown(tag), config.top["tag_name_pattern"])

@@ -35,7 +35,7 @@ def tag_updates(stage, argv):
     else:
         lines = sys.stdin.buffer.read().decode("utf-8", "surrogateescape").splitlines()
     updates = (line.split() for line in lines if "refs/tags/" in line)
-    return [u for u in updates if len(u) == 3 and u[2].startswith("refs/tags/") and set(u[1]) != {"0"}]
+    return [u for u in updates if len(u) == 3 and u[2].startswith("refs/tags/") and u[1].strip("0")]
 
 
 def main():

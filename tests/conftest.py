@@ -67,6 +67,7 @@ def install_program(directory):
     with open(entry, "w", encoding="utf-8") as target:
         target.write("#!" + sys.executable + "\n" + lines[1])
     os.chmod(entry, 0o755)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", directory], check=True)
     return entry
 
 

@@ -37,7 +37,7 @@ def test_body_equals_the_seeds_for_the_same_inputs(site):
     site.write_config()
     load_seed(site.fake.url).post_task("qa-dbtt-20190320-01", "32", "ready")
     site.run_hook("post-receive", [new_tag_line("qa-dbtt-20190320-01")])
-    seed, ours = (task["body"] for task in site.fake.tasks)
+    seed, ours = (task.raw_body for task in site.fake.tasks)
     seed_fields, our_fields = json.loads(seed), json.loads(ours)
     assert list(our_fields) == list(seed_fields)
     for field in seed_fields:
@@ -56,11 +56,11 @@ def _seconds(text):
 def test_handshake_gets_a_csrf_key_then_posts_with_both_cookies(site):
     site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
     get, post = site.fake.requests
-    assert (get["method"], get["path"]) == ("GET", "/api/task/v2/task/accept/")
-    assert get["cookies"] == {"auth_key": AUTH_KEY}
-    assert post["method"] == "POST"
-    assert post["cookies"]["auth_key"] == AUTH_KEY
-    assert len(post["cookies"]["csrf_key"]) == 22
+    assert (get.method, get.path) == ("GET", "/api/task/v2/task/accept/")
+    assert get.cookies == {"auth_key": AUTH_KEY}
+    assert post.method == "POST"
+    assert post.cookies["auth_key"] == AUTH_KEY
+    assert len(post.cookies["csrf_key"]) == 22
 
 
 def test_hosts_are_a_python_literal_with_int_group_keys_in_order(site):
@@ -68,7 +68,7 @@ def test_hosts_are_a_python_literal_with_int_group_keys_in_order(site):
     site.rule(1)["hosts"] = {"10": ["10.0.0.3"], "2": ["10.0.0.2"], "1": ["10.0.0.1", "10.0.0.4"]}
     site.write_config()
     site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
-    hosts = site.fake.tasks[0]["fields"]["hosts"]
+    hosts = site.fake.tasks[0].fields["hosts"]
     assert hosts == "{1: '10.0.0.1,10.0.0.4', 2: '10.0.0.2', 10: '10.0.0.3'}"
     assert ast.literal_eval(hosts) == {1: "10.0.0.1,10.0.0.4", 2: "10.0.0.2", 10: "10.0.0.3"}
 
@@ -77,7 +77,7 @@ def test_rule_args_extend_the_seeds_args(site):
     site.rule(1)["args"] = {"ENV": "prod"}
     site.write_config()
     site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
-    args = ast.literal_eval(site.fake.tasks[0]["fields"]["args"])
+    args = ast.literal_eval(site.fake.tasks[0].fields["args"])
     assert list(args) == ["TAG", "GIT_URL", "APP_NAME", "ENV"]
     assert args["ENV"] == "prod"
 
@@ -88,7 +88,7 @@ def test_defaults_are_what_the_seed_sent(site):
     del site.config["projects"]["ops/dbtt"]["task_name"]
     site.write_config()
     site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
-    fields = site.fake.tasks[0]["fields"]
+    fields = site.fake.tasks[0].fields
     assert (fields["submitter"], fields["executor"], fields["details"]) == ("githook", "githook", "git hook auto exec")
     assert (fields["schedule"], fields["task_name"]) == ("ready", "DBTT")
 
@@ -101,11 +101,11 @@ def git_hooks_site(site):
 
 
 def test_git_hooks_api_posts_url_path_and_tag(git_hooks_site):
-    git_hooks_site.fake.git_hook_rules[("https://gitlab.example.com", "ops/dbtt")] = {"release-": {"temp_id": 32}}
+    git_hooks_site.fake.repos[("https://gitlab.example.com", "ops/dbtt")] = {"release-": {"temp_id": 32}}
     result = git_hooks_site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
-    post = [r for r in git_hooks_site.fake.requests if r["method"] == "POST"][0]
-    assert post["path"] == "/api/task/other/v1/git/hooks/"
-    assert json.loads(post["body"]) == {
+    post = [r for r in git_hooks_site.fake.requests if r.method == "POST"][0]
+    assert post.path == "/api/task/other/v1/git/hooks/"
+    assert json.loads(post.body) == {
         "git_url": "https://gitlab.example.com",
         "relative_path": "ops/dbtt",
         "tag_name": "release-dbtt-1",
@@ -119,7 +119,7 @@ def test_git_hooks_api_posts_url_path_and_tag(git_hooks_site):
 )
 def test_git_hooks_replies_that_create_nothing_are_reported_as_skipped(git_hooks_site, rules, message):
     if rules is not None:
-        git_hooks_site.fake.git_hook_rules[("https://gitlab.example.com", "ops/dbtt")] = rules
+        git_hooks_site.fake.repos[("https://gitlab.example.com", "ops/dbtt")] = rules
     result = git_hooks_site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
     assert f"release-dbtt-1 skipped: the platform's rules: {message}" in result.stdout
     assert git_hooks_site.spool("pending") == [] and git_hooks_site.spool("failed") == []

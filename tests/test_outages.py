@@ -62,14 +62,14 @@ def test_after_a_failure_the_next_update_of_the_same_push_goes_straight_to_the_s
 
 
 def test_a_refused_csrf_key_is_retried_with_a_fresh_one(site):
-    site.fake.set_fault("status", status=402, method="POST", count=1)
+    site.fake.set_fault("status", status=402, method="POST", times=1)
     result = post_receive(site, RELEASE)
     assert "submitted as task 1" in result.stdout
     assert len(site.fake.tasks) == 1
 
 
 def test_503_is_retried_because_it_created_nothing(site):
-    site.fake.set_fault("status", status=503, method="POST", count=1)
+    site.fake.set_fault("status", status=503, method="POST", times=1)
     result = post_receive(site, RELEASE)
     assert "submitted as task" in result.stdout
     assert len(site.fake.tasks) == 1
@@ -86,7 +86,7 @@ def test_503_is_retried_because_it_created_nothing(site):
     ],
 )
 def test_a_reply_that_may_hide_a_created_task_is_uncertain_and_never_resent_by_itself(site, fault, detail):
-    site.fake.set_fault(fault.pop("mode"), method="POST", count=1, **fault)
+    site.fake.set_fault(fault.pop("mode"), method="POST", times=1, **fault)
     result = post_receive(site, RELEASE)
     assert result.returncode == 0
     assert "WARNING" in result.stdout and detail in result.stdout
@@ -101,14 +101,14 @@ def test_a_reply_that_may_hide_a_created_task_is_uncertain_and_never_resent_by_i
 def test_read_timeout_after_the_body_went_out_is_uncertain(site):
     site.config["codo"].update(read_timeout_s=1, budget_s=5)
     site.write_config()
-    site.fake.set_fault("slow", seconds=3, method="POST", count=1)
+    site.fake.set_fault("slow", seconds=3, method="POST", times=1)
     result = post_receive(site, RELEASE)
     assert "may or may not have become a task" in result.stdout
     assert len(site.spool("uncertain")) == 1
 
 
 def test_flush_include_uncertain_resends_after_a_person_checked(site):
-    site.fake.set_fault("status", status=502, method="POST", count=1)
+    site.fake.set_fault("status", status=502, method="POST", times=1)
     post_receive(site, RELEASE)
     result = site.flush("--include-uncertain")
     assert result.returncode == 0, result.stdout
@@ -177,7 +177,7 @@ def test_flush_sends_with_the_config_as_it_is_now(site):
     site.write_config()
     site.fake.start()
     site.flush()
-    assert site.fake.tasks[0]["fields"]["temp_id"] == "33"
+    assert site.fake.tasks[0].fields["temp_id"] == "33"
 
 
 def test_unwritable_state_dir_in_update_refuses_without_sending(site):
@@ -193,7 +193,7 @@ def test_the_key_never_reaches_output_spool_or_log(site):
     from conftest import AUTH_KEY
 
     outputs = []
-    site.fake.set_fault("status", status=502, method="POST", count=1)
+    site.fake.set_fault("status", status=502, method="POST", times=1)
     outputs.append(post_receive(site, RELEASE))
     site.fake.stop()
     outputs.append(post_receive(site, "release-dbtt-down"))

@@ -19,7 +19,7 @@ def test_release_tag_push_creates_one_task_with_the_seeds_fields(linked):
     code, output = linked.push("release-dbtt-server-20190320-02")
     assert code == 0, output
     assert len(linked.fake.tasks) == 1
-    fields = json.loads(linked.fake.tasks[0]["body"])
+    fields = json.loads(linked.fake.tasks[0].raw_body)
     assert fields["task_name"] == "DBTT"
     assert fields["temp_id"] == "32"
     assert fields["args"] == (
@@ -59,7 +59,7 @@ def test_tag_name_keeps_its_slashes(linked):
     linked.tag("release-dbtt/2019/03")
     code, output = linked.push("release-dbtt/2019/03")
     assert code == 0, output
-    assert "'TAG': 'release-dbtt/2019/03'" in linked.fake.tasks[0]["fields"]["args"]
+    assert "'TAG': 'release-dbtt/2019/03'" in linked.fake.tasks[0].fields["args"]
 
 
 @pytest.mark.parametrize(
@@ -229,6 +229,6 @@ def test_twenty_concurrent_pushes_of_twenty_tags_give_twenty_tasks(linked):
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(lambda tag: linked.push(tag), tags))
     assert all(code == 0 for code, _ in results), [out for code, out in results if code]
-    sent = sorted(ast.literal_eval(task["fields"]["args"])["TAG"] for task in linked.fake.tasks)
+    sent = sorted(ast.literal_eval(task.fields["args"])["TAG"] for task in linked.fake.tasks)
     assert sent == tags
     assert len(linked.spool("sent")) == 20
