@@ -87,7 +87,9 @@ def side_by_side(case, baseline, runs):
 
 def report(name, ours, bare, target):
     ratio = ours / bare
-    verdict = "" if target is None else ("  target <= {:.1f}x: {}".format(target, "met" if ratio <= target else "MISSED"))
+    verdict = (
+        "" if target is None else ("  target <= {:.1f}x: {}".format(target, "met" if ratio <= target else "MISSED"))
+    )
     print(f"{name:<58} {ours * 1e3:6.1f} ms vs {bare * 1e3:6.1f} ms = {ratio:4.2f}x{verdict}")
     return target is None or ratio <= target
 
@@ -133,7 +135,10 @@ def main():
         wall, peak_kib = measured_once([PYTHON, entry], release, post_env)
         print(
             "{:<58} {:6.1f} ms wall, peak RSS {:.1f} MiB, {} task(s) created".format(
-                "one release tag submitted to the fake platform (loopback)", wall * 1e3, peak_kib / 1024, len(fake.tasks)
+                "one release tag submitted to the fake platform (loopback)",
+                wall * 1e3,
+                peak_kib / 1024,
+                len(fake.tasks),
             )
         )
     return 0 if all(met) else 1

@@ -1024,7 +1024,7 @@ class Sender:
         self.config, self.project, self.push = config, project, push
         self.spool = Spool(config.state_dir)
         self.down = DownMarker(config.state_dir, config.codo["down_memory_s"])
-        self.budget = Budget(config.codo["budget_s"])
+        self.budget = None  # starts once requests is imported: a loaded CPU is not the platform's fault
         self.reject = push.stage == "update" and config.on_failure == "reject"
         self.platform = None
 
@@ -1061,6 +1061,10 @@ class Sender:
                 self.platform = Platform(self.config.codo, read_auth_key(self.config.codo))
         except ConfigError as error:
             return Result(PENDING, str(error))
+        if self.budget is None:
+            import requests  # noqa: F401 - imported before the budget starts
+
+            self.budget = Budget(self.config.codo["budget_s"])
         path, body = request_for(self.config, self.project, rule, update.tag)
         result = self.platform.submit(path, body, self.budget)
         if result.platform_down:

@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from fakes.fake_codo import FakeCodo  # noqa: E402
+from fakes.fake_codo import FakeCodo
 
 FILES = os.path.join(ROOT, "files")
 RUNNER = os.path.join(ROOT, "tests", "fakes", "gitaly_runner.py")
@@ -101,7 +101,18 @@ class Site:
         self.write_config()
         self.clone = str(tmp_path / "clone")
         git("clone", "-q", self.repo, self.clone)
-        git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "--allow-empty", "-m", "one", cwd=self.clone)
+        git(
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "one",
+            cwd=self.clone,
+        )
         git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=self.clone)
 
     def write_config(self, config=None):
@@ -133,7 +144,18 @@ class Site:
         git("tag", "-f", name, commit, cwd=self.clone)
 
     def commit(self, message="more"):
-        git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "--allow-empty", "-m", message, cwd=self.clone)
+        git(
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            message,
+            cwd=self.clone,
+        )
 
     def remote_refs(self):
         return git("for-each-ref", "--format=%(refname)", cwd=self.repo).stdout.split()
@@ -147,20 +169,18 @@ class Site:
         base.update(env)
         return subprocess.run(
             [link, *argv],
+            check=False,
             input="".join(line + "\n" for line in lines),
             cwd=self.repo,
             env=base,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             text=True,
             timeout=60,
         )
 
     def admin(self, *args, **env):
         base = self.env(**env)
-        return subprocess.run(
-            [self.entry, *args], env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120
-        )
+        return subprocess.run([self.entry, *args], check=False, env=base, capture_output=True, text=True, timeout=120)
 
     def flush(self, *args):
         return self.admin("flush", "--state-dir", self.state_dir, *args)

@@ -33,7 +33,10 @@ def rules(config):
             lambda c: rules(c)[0].update(hosts={"1": [f"10.0.{n // 250}.{n % 250}" for n in range(101)]}),
             "has 101 hosts; the platform takes at most 100 a group",
         ),
-        (lambda c: c["projects"][PROJECT].update(task_name="x" * 51), "task_name must be text of at most 50 characters"),
+        (
+            lambda c: c["projects"][PROJECT].update(task_name="x" * 51),
+            "task_name must be text of at most 50 characters",
+        ),
         (lambda c: c["projects"][PROJECT].update(taskname="DBTT"), "'taskname' is not a known key"),
         (lambda c: c["codo"].update(urll="x"), "codo.'urll' is not a known key"),
         (lambda c: rules(c)[0].update(schedule="now"), 'schedule must be "ready"'),

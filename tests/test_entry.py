@@ -13,10 +13,10 @@ def run(path, argv=(), stdin="", **env):
     environment.update(env)
     return subprocess.run(
         [sys.executable, "-X", "importtime", path, *argv],
+        check=False,
         input=stdin,
         env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
     )
 
@@ -77,8 +77,13 @@ def test_without_gl_project_path_a_single_project_config_stands_for_it(site):
     link = os.path.join(site.hooks, "post-receive.d", "codo-release")
     site.link("post-receive")
     result = subprocess.run(
-        [link], input=new_tag_line("release-dbtt-1") + "\n", cwd=site.repo, env={"PATH": os.environ["PATH"]},
-        stdout=subprocess.PIPE, text=True,
+        [link],
+        check=False,
+        input=new_tag_line("release-dbtt-1") + "\n",
+        cwd=site.repo,
+        env={"PATH": os.environ["PATH"]},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert "submitted as task" in result.stdout
 

@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from fakes.fake_gitlab import FakeGitLab
 
 TOKEN = "glpat-test-" + "x" * 12

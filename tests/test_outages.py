@@ -149,7 +149,9 @@ def test_an_entry_abandoned_mid_send_becomes_uncertain(site):
     post_receive(site, RELEASE)
     (entry,) = site.spool("pending")
     spool = os.path.join(site.state_dir, "spool")
-    os.rename(os.path.join(spool, "pending", entry["id"] + ".json"), os.path.join(spool, "inflight", entry["id"] + ".json"))
+    os.rename(
+        os.path.join(spool, "pending", entry["id"] + ".json"), os.path.join(spool, "inflight", entry["id"] + ".json")
+    )
     site.fake.start()
     result = site.flush()
     assert result.returncode == 1

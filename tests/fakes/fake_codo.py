@@ -1,0 +1,712 @@
+#!/usr/bin/env python3
+"""A fake OpenDevOps (CODO) task platform: shared/codo-api.md, reply for reply.
+
+In tests:
+    with FakeCodo(auth_key="k", templates={32: [1]}) as fake:
+        ... fake.url, fake.tasks, fake.requests, fake.set_fault("status", status=503, method="POST")
+
+Standalone (prints its URL, serves until killed):
+    python3 tests/fakes/fake_codo.py --port 18081 --auth-key-file F [--template 32:1,2]
+        [--repos-file R] [--state-file tasks.json]
+and driven over HTTP without auth: GET /_fake/tasks, GET /_fake/requests,
+GET|POST /_fake/fault, POST /_fake/reset.
+
+Standard library only: it also runs inside the Molecule containers.
+"""
+
+import argparse
+import ast
+import base64
+import dataclasses
+import datetime
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from http.cookies import CookieError, SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+ACCEPT_PATH = "/api/task/v2/task/accept/"
+GIT_HOOKS_PATH = "/api/task/other/v1/git/hooks/"
+EXEC_USERS_PATH = "/api/task/v2/task_layout/user/"
+ROUTE_METHODS = {
+    ACCEPT_PATH: ("GET", "POST"),
+    GIT_HOOKS_PATH: ("GET", "POST"),
+    EXEC_USERS_PATH: ("GET", "POST", "PUT", "DELETE"),
+}
+CONTROL_PREFIX = "/_fake/"
+
+NOT_LOGGED_IN = "你没有登录"
+CSRF_ERROR = "csrf error."
+SERVER_ERROR = "服务器内部错误"
+NOT_FOUND_PAGE = "<html><title>404: Not Found</title><body>404: Not Found</body></html>"
+LOGIN_PAGE = "<!DOCTYPE html><html><head><title>OpenDevOps</title></head><body><div id=app></div></body></html>"
+
+EXEC_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+EXEC_TIME_DEFAULT = "2038-10-25 14:00:00"  # what the platform assumes when exec_time is absent
+COLUMN_CHARS = 50  # task_name, details, submitter, executor: longer values fail the INSERT
+GROUP_MAX_HOSTS = 100
+GIT_HOOKS_DEFAULT_HOSTS = {1: "127.0.0.1", 2: "127.0.0.1"}  # the platform's own default
+CSRF_KEY_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's
+CSRF_KEY_CHARS = 22
+
+FAULT_KINDS = ("hang", "slow", "commit_then_500", "non_json", "status", "close_after_body")
+
+
+@dataclasses.dataclass
+class Task:
+    """A task the platform created, as it would store it."""
+
+    list_id: int
+    path: str  # the endpoint that created it
+    raw_body: str  # the request body exactly as received
+    fields: dict  # the task's fields: the JSON body (accept) or what the platform built (git hooks)
+    hosts: dict  # {group: "ip,ip"} once groups the template lacks were dropped
+
+    @property
+    def args(self):
+        """The `args` field parsed the way the platform parses it when the task runs."""
+        return ast.literal_eval(self.fields["args"])
+
+    def as_json(self):
+        return dict(dataclasses.asdict(self), hosts={str(group): ips for group, ips in self.hosts.items()})
+
+
+@dataclasses.dataclass
+class Received:
+    """One request as it reached the platform."""
+
+    method: str
+    path: str
+    query: dict  # {name: last value}
+    headers: object  # http.client.HTTPMessage: case-insensitive .get()
+    cookies: dict
+    body: bytes
+    status: int | None = None  # the HTTP status answered; None: no answer (hang, close, stop)
+    fault: str | None = None  # the kind of fault that hit it
+    error: str | None = None  # the exception behind a 500, for whoever debugs a test
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+    def as_json(self):
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return dict(fields, headers=dict(self.headers.items()), body=self.text)
+
+
+@dataclasses.dataclass
+class Fault:
+    """A failure to play on the next matching requests; see FakeCodo.set_fault."""
+
+    kind: str
+    times: int | None = None  # only the next N matching requests; None: until cleared
+    method: str | None = None  # only requests with this method
+    path: str | None = None  # only requests to this path
+    seconds: float = 5.0  # slow: the delay
+    status: int = 503  # status: the HTTP status to answer
+    hits: int = 0
+    released: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}; known: {', '.join(FAULT_KINDS)}")
+        self.method = self.method.upper() if self.method else None
+
+    def take(self, method, path):
+        """Count this request against the fault if it matches; True if the fault applies."""
+        spent = self.times is not None and self.hits >= self.times
+        if spent or self.method not in (None, method) or self.path not in (None, path):
+            return False
+        self.hits += 1
+        return True
+
+    def as_json(self):
+        return {name: getattr(self, name) for name in ("kind", "times", "method", "path", "seconds", "status", "hits")}
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    body: str = ""
+    content_type: str = "text/html; charset=UTF-8"
+    task: Task | None = None  # the task this request created, if any
+    csrf_key: str | None = None  # the fresh key the reply sets as a cookie
+
+
+def json_reply(payload, task=None, status=200):
+    # Tornado's json_encode: ASCII-escaped, so "ID：19" travels as "ID\uff1a19".
+    return Reply(status, json.dumps(payload), "application/json; charset=UTF-8", task)
+
+
+PLATFORM_PAGES = {401: NOT_LOGGED_IN, 402: CSRF_ERROR, 404: NOT_FOUND_PAGE, 500: SERVER_ERROR}
+GATEWAY_REASONS = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
+
+
+def status_page(status):
+    """The body a bare status comes with: the platform's own page, else the gateway's (nginx)."""
+    if status in PLATFORM_PAGES:
+        return PLATFORM_PAGES[status]
+    title = f"{status} {GATEWAY_REASONS.get(status, 'Error')}"
+    return f"<html><head><title>{title}</title></head><body><center><h1>{title}</h1></center><hr><center>nginx</center></body></html>"
+
+
+class ServerError(Exception):
+    """The platform's handler raised: it answers a bare HTTP 500."""
+
+
+# What bad input makes the platform's handlers raise (json, literal_eval, int, strptime, the INSERT).
+# Tornado answers each with a bare 500; anything else is a bug of this fake and should surface.
+BAD_INPUT = (ServerError, ValueError, TypeError, KeyError, AttributeError, SyntaxError, RecursionError)
+
+
+def make_auth_key(user_id=1, username="githook", nickname="githook"):
+    """A JWT-shaped key like the admin service mints (the fake checks only that it matches)."""
+
+    def part(value):
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    payload = {"exp": 4102444800, "data": {"user_id": user_id, "username": username, "nickname": nickname}}
+    return ".".join([part({"typ": "JWT", "alg": "HS256"}), part(payload), secrets.token_urlsafe(32)])
+
+
+def unused_port():
+    """A loopback port nothing listens on: the platform being down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class FakeCodo:
+    """The CODO task service behind its gateway, on 127.0.0.1.
+
+    templates: {template_id: [group numbers]}, default {32: [1]}.
+    repos: {(git_url, relative_path): {tag_prefix: rule}} for the git hooks endpoint; a rule is
+        {"temp_id": 32, "schedule": "ready", "hosts": {1: "10.0.0.5"}} (schedule defaults to
+        "new", hosts to the platform's {1: "127.0.0.1", 2: "127.0.0.1"}); {} or None: no hooks.
+    """
+
+    def __init__(
+        self,
+        auth_key=None,
+        templates=None,
+        repos=None,
+        port=0,
+        state_file=None,
+        skip_csrf_with_sdk_header=True,
+        csrf_ttl=1800,
+        nickname="githook",
+        verbose=False,
+    ):
+        self.auth_key = auth_key or make_auth_key(nickname=nickname)
+        self.templates = dict(templates or {32: [1]})
+        self.repos = dict(repos or {})
+        self.port = port
+        self.state_file = state_file
+        self.skip_csrf_with_sdk_header = skip_csrf_with_sdk_header
+        self.csrf_ttl = csrf_ttl
+        self.nickname = nickname
+        self.verbose = verbose
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        self._server = None
+        self._connections = set()
+        self._faults = []
+        self.reset()
+
+    # --- running -----------------------------------------------------------
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        """Serve in a daemon thread; after stop(), start() serves again on the same port."""
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._stopping.clear()
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self):
+        """Down: stop listening, drop open connections, and leave hung requests unanswered."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        self.clear_faults()
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            for connection in list(self._connections):
+                _shut(connection)
+        self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # --- state for tests ---------------------------------------------------
+
+    def reset(self):
+        """Back to a fresh platform: no tasks, requests, csrf keys, execution users or faults."""
+        self.clear_faults()
+        with self._lock:
+            self._tasks, self._requests, self._exec_users, self._csrf_keys = [], [], [], {}
+            self._next_list_id, self._next_exec_user_id = 1, 1
+            self._save_state()
+
+    @property
+    def tasks(self):
+        with self._lock:
+            return list(self._tasks)
+
+    @property
+    def requests(self):
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def exec_users(self):
+        with self._lock:
+            return [dict(user) for user in self._exec_users]
+
+    def wait_for_requests(self, count, timeout=5.0):
+        """Block until `count` API requests have arrived; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self._requests) >= count, timeout)
+
+    def wait_for_tasks(self, count, timeout=5.0):
+        """Block until `count` tasks exist; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self._tasks) >= count, timeout)
+
+    # --- faults ------------------------------------------------------------
+
+    def set_fault(self, kind, **limits):
+        """Replace all faults by one. Limits: times, method, path; seconds (slow); status (status)."""
+        self.clear_faults()
+        return self.add_fault(kind, **limits)
+
+    def add_fault(self, kind, **limits):
+        """Add a fault; the first one matching a request applies to it."""
+        fault = Fault(kind, **limits)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self):
+        """Behave again; requests held by `hang` are then answered normally."""
+        with self._lock:
+            faults, self._faults = self._faults, []
+        for fault in faults:
+            fault.released.set()
+
+    @property
+    def faults(self):
+        with self._lock:
+            return list(self._faults)
+
+    # --- serving -----------------------------------------------------------
+
+    def _serve(self, http):
+        url = urlsplit(http.path)
+        body = http.rfile.read(int(http.headers.get("Content-Length") or 0))
+        if url.path.startswith(CONTROL_PREFIX):
+            return _send(http, self._control(http.command, url.path, body))
+        request = Received(
+            method=http.command,
+            path=url.path,
+            query={name: values[-1] for name, values in parse_qs(url.query).items()},
+            headers=http.headers,
+            cookies=_cookies(http.headers.get("Cookie", "")),
+            body=body,
+        )
+        with self._lock:
+            self._requests.append(request)
+            self._lock.notify_all()
+            fault = next((f for f in self._faults if f.take(request.method, request.path)), None)
+        request.fault = fault and fault.kind
+        reply = self._faulted(fault, request)
+        if reply is None or self._stopping.is_set():
+            http.close_connection = True
+            return
+        request.status = reply.status
+        _send(http, reply)
+
+    def _faulted(self, fault, request):
+        """The reply to send once the fault has played; None: send nothing, close the connection."""
+        kind = fault and fault.kind
+        if kind == "hang":
+            fault.released.wait()
+        elif kind == "slow":
+            self._stopping.wait(fault.seconds)
+        if kind == "status":
+            return Reply(fault.status, status_page(fault.status))
+        if kind == "non_json":
+            return Reply(200, LOGIN_PAGE)
+        if self._stopping.is_set():
+            return None
+        reply = self._answer(request)
+        if kind == "close_after_body":
+            return None
+        if kind == "commit_then_500" and reply.task:
+            return dataclasses.replace(reply, status=500, body=SERVER_ERROR, content_type="text/html; charset=UTF-8")
+        return reply
+
+    def _answer(self, request):
+        """What the task service answers: csrf check, fresh key, login check, method, handler."""
+        methods = ROUTE_METHODS.get(request.path)
+        if methods is None:
+            return Reply(404, NOT_FOUND_PAGE)
+        csrf_passed = request.method == "GET" or self._csrf_exempt(request) or self._consume_csrf(request)
+        csrf_key = self._issue_csrf_key()
+        if not csrf_passed:
+            reply = Reply(402, CSRF_ERROR)
+        elif self._auth_key_of(request) != self.auth_key:
+            reply = Reply(401, NOT_LOGGED_IN)
+        elif request.method not in methods:
+            reply = Reply(405)
+        else:
+            reply = self._handled(request, csrf_key)
+        reply.csrf_key = csrf_key
+        return reply
+
+    def _handled(self, request, csrf_key):
+        handler = {ACCEPT_PATH: self._accept, GIT_HOOKS_PATH: self._git_hooks, EXEC_USERS_PATH: self._exec_user}
+        try:
+            return handler[request.path](request, csrf_key)
+        except BAD_INPUT as error:
+            request.error = f"{type(error).__name__}: {error}"
+            return Reply(500, SERVER_ERROR)
+
+    # --- csrf and login ----------------------------------------------------
+
+    def _csrf_exempt(self, request):
+        return self.skip_csrf_with_sdk_header and "Sdk-Method" in request.headers
+
+    def _consume_csrf(self, request):
+        """A live key passes once: it is gone whatever happens to the request next."""
+        with self._lock:
+            issued = self._csrf_keys.pop(request.cookies.get("csrf_key"), None)
+        return issued is not None and time.monotonic() - issued < self.csrf_ttl
+
+    def _issue_csrf_key(self):
+        key = "".join(secrets.choice(CSRF_KEY_ALPHABET) for _ in range(CSRF_KEY_CHARS))
+        with self._lock:
+            self._csrf_keys[key] = time.monotonic()
+        return key
+
+    @staticmethod
+    def _auth_key_of(request):
+        return request.cookies.get("auth_key") or request.query.get("auth_key")
+
+    # --- the endpoints -----------------------------------------------------
+
+    @staticmethod
+    def _csrf_reply(csrf_key):
+        return json_reply({"code": 0, "msg": "获取csrf_key成功", "csrf_key": csrf_key})
+
+    def _accept(self, request, csrf_key):
+        if request.method == "GET":
+            return self._csrf_reply(csrf_key)
+        return self._create_task(request, _json_object(request.body))
+
+    def _git_hooks(self, request, csrf_key):
+        if request.method == "GET":
+            return self._csrf_reply(csrf_key)
+        data = _json_object(request.body)
+        git_url, relative_path, tag = data.get("git_url"), data.get("relative_path"), data.get("tag_name")
+        if not git_url or not relative_path or not tag:
+            return json_reply({"code": -1, "msg": "Key parameters cannot be empty"})
+        if (git_url, relative_path) not in self.repos:
+            return json_reply({"code": 0, "msg": "No related items were found"})
+        rules = self.repos[(git_url, relative_path)]
+        if not rules:
+            return json_reply({"code": 0, "msg": "No hooks, ignore"})
+        matched = [prefix for prefix in rules if tag.startswith(prefix)]
+        if not matched:
+            return json_reply({"code": 2, "msg": "No hook matched"})
+        rule = rules[matched[-1]]  # the platform keeps the last matching key, not the longest
+        host = urlsplit(git_url).hostname or git_url
+        args = {
+            "TAG": tag,
+            "RELATIVE_PATH": relative_path,
+            "GIT_SSH_URL": f"git@{host}:{relative_path}.git",
+            "GIT_HTTP_URL": f"{git_url.rstrip('/')}/{relative_path}.git",
+        }
+        fields = {
+            "exec_time": datetime.datetime.now().strftime(EXEC_TIME_FORMAT),
+            "temp_id": rule.get("temp_id"),
+            "task_name": relative_path,
+            "schedule": rule.get("schedule", "new"),
+            "submitter": self.nickname,
+            "args": str(args),
+            "hosts": str(rule.get("hosts", GIT_HOOKS_DEFAULT_HOSTS)),
+        }
+        return self._create_task(request, fields)
+
+    def _create_task(self, request, fields):
+        """The platform's create_task: host checks answer codes, bad columns raise (500)."""
+        hosts = ast.literal_eval(fields.get("hosts", "{}"))
+        hosts = {int(group): ips for group, ips in hosts.items()}
+        groups = self._template_groups(fields.get("temp_id"))
+        for group in groups:
+            ips = hosts.get(group)
+            if not ips:
+                return json_reply({"code": -4, "msg": "The exec host cannot be empty"})
+            if len(ips.split(",")) > GROUP_MAX_HOSTS:
+                return json_reply({"code": -4, "msg": "Too many hosts, please execute in groups"})
+            if not all(_is_ipv4(ip) for ip in ips.split(",")):
+                return json_reply({"code": 5, "msg": "ip格式有误"})
+        _check_columns(fields)
+        with self._lock:
+            task = Task(self._next_list_id, request.path, request.text, fields, {g: hosts[g] for g in groups})
+            self._next_list_id += 1
+            self._tasks.append(task)
+            self._lock.notify_all()
+            self._save_state()
+        return json_reply({"code": 0, "msg": f"Task creation success, ID：{task.list_id}", "list_id": task.list_id}, task)
+
+    def _template_groups(self, temp_id):
+        for known, groups in self.templates.items():
+            if str(known) == str(temp_id):
+                return list(groups)
+        raise ServerError(f"no template {temp_id!r}")  # the platform's .one() finds no row
+
+    def _exec_user(self, request, csrf_key):
+        if request.method == "GET":
+            return json_reply({"code": 0, "msg": "获取成功", "data": self.exec_users})
+        data = _json_object(request.body)
+        with self._lock:
+            if request.method == "POST":
+                return self._add_exec_user(data)
+            if request.method == "PUT":
+                return self._update_exec_user(data)
+            return self._delete_exec_user(data)
+
+    def _add_exec_user(self, data):
+        if not all(data.get(name) for name in ("alias_user", "exec_user", "ssh_port", "user_key")):
+            return json_reply({"code": -1, "msg": "参数不能为空"})
+        if _has_chinese(data["alias_user"]) or _has_chinese(data["exec_user"]):
+            return json_reply({"code": -1, "msg": "名称不能有汉字"})
+        if any(user["alias_user"] == data["alias_user"] for user in self._exec_users):
+            return json_reply({"code": -2, "msg": "名称不能重复"})
+        user = {"id": self._next_exec_user_id, "alias_user": data["alias_user"]}
+        self._exec_users.append(_with_exec_user_fields(user, data))
+        self._next_exec_user_id += 1
+        return json_reply({"code": 0, "msg": "添加成功"})
+
+    def _update_exec_user(self, data):
+        """By id; like the platform, alias_user is not changed and an unknown id is not an error."""
+        if not data.get("exec_user") or not data.get("user_key"):
+            return json_reply({"code": -1, "msg": "不能为空"})
+        if _has_chinese(data.get("alias_user") or "") or _has_chinese(data["exec_user"]):
+            return json_reply({"code": -1, "msg": "名称不能有汉字"})
+        for user in self._exec_users:
+            if str(user["id"]) == str(data.get("id")):
+                _with_exec_user_fields(user, data)
+        return json_reply({"code": 0, "msg": "编辑成功"})
+
+    def _delete_exec_user(self, data):
+        if not data.get("exec_user_id"):
+            return json_reply({"code": -1, "msg": "ID不能为空"})
+        self._exec_users = [user for user in self._exec_users if str(user["id"]) != str(data["exec_user_id"])]
+        return json_reply({"code": 0, "msg": "删除成功"})
+
+    # --- control over HTTP (standalone use) --------------------------------
+
+    def _control(self, method, path, body):
+        if (method, path) == ("GET", "/_fake/tasks"):
+            return json_reply([task.as_json() for task in self.tasks])
+        if (method, path) == ("GET", "/_fake/requests"):
+            return json_reply([request.as_json() for request in self.requests])
+        if (method, path) == ("GET", "/_fake/fault"):
+            return json_reply([fault.as_json() for fault in self.faults])
+        if (method, path) == ("POST", "/_fake/fault"):
+            return self._control_faults(body)
+        if (method, path) == ("POST", "/_fake/reset"):
+            self.reset()
+            return json_reply({"reset": True})
+        return json_reply({"error": f"no control endpoint {method} {path}"}, status=404)
+
+    def _control_faults(self, body):
+        """Body: one fault ({"kind": "status", "status": 502, "times": 2, "method": "POST"}),
+        a list of them, or {} to clear."""
+        self.clear_faults()
+        try:
+            wanted = json.loads(body or b"{}")
+            for limits in wanted if isinstance(wanted, list) else [wanted] if wanted.get("kind") else []:
+                self.add_fault(**limits)
+        except (AttributeError, TypeError, ValueError) as error:
+            return json_reply({"error": f"not a fault: {error}"}, status=400)
+        return json_reply([fault.as_json() for fault in self.faults])
+
+    def _save_state(self):
+        """Write the tasks for another process to read (called with the lock held)."""
+        if not self.state_file:
+            return
+        scratch = f"{self.state_file}.{os.getpid()}.tmp"
+        with open(scratch, "w", encoding="utf-8") as handle:
+            json.dump([task.as_json() for task in self._tasks], handle, ensure_ascii=False, indent=1)
+        os.replace(scratch, self.state_file)
+
+    def _track(self, connection, is_open):
+        with self._lock:
+            (self._connections.add if is_open else self._connections.discard)(connection)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as Tornado
+    timeout = 30  # idle keep-alive connections do not outlive a test run
+    fake = None  # the FakeCodo, set by FakeCodo.start
+
+    def setup(self):
+        super().setup()
+        self.fake._track(self.connection, True)
+
+    def finish(self):
+        self.fake._track(self.connection, False)
+        super().finish()
+
+    def do_GET(self):
+        self.fake._serve(self)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    def version_string(self):
+        return "TornadoServer/5.1.1"
+
+    def log_message(self, format, *args):
+        if self.fake.verbose:
+            super().log_message(format, *args)
+
+
+def _send(http, reply):
+    body = reply.body.encode("utf-8")
+    try:
+        http.send_response(reply.status)
+        http.send_header("Content-Type", reply.content_type)
+        http.send_header("Content-Length", str(len(body)))
+        if reply.csrf_key:
+            http.send_header("Set-Cookie", f"csrf_key={reply.csrf_key}; Path=/")
+        http.end_headers()
+        if http.command != "HEAD":
+            http.wfile.write(body)
+    except OSError:  # the client gave up (its timeout); the platform does not care either
+        http.close_connection = True
+
+
+def _shut(connection):
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _cookies(header):
+    jar = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def _json_object(body):
+    data = json.loads(body.decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ServerError("the body is not a JSON object")
+    return data
+
+
+def _is_ipv4(text):
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_columns(fields):
+    """What the INSERT refuses (MariaDB, strict mode): too long text, args not text, a bad time."""
+    for name in ("task_name", "details", "submitter", "executor"):
+        value = fields.get(name)
+        if isinstance(value, str) and len(value) > COLUMN_CHARS:
+            raise ServerError(f"{name} longer than {COLUMN_CHARS} characters")
+    if not isinstance(fields.get("args", "{}"), str):
+        raise ServerError("args is not a string")
+    datetime.datetime.strptime(fields.get("exec_time", EXEC_TIME_DEFAULT), EXEC_TIME_FORMAT)
+
+
+def _has_chinese(text):
+    return any("\u4e00" <= char <= "\u9fff" for char in text)
+
+
+def _with_exec_user_fields(user, data):
+    user.update({name: data.get(name) for name in ("exec_user", "ssh_port", "user_key", "remarks")})
+    user["update_time"] = datetime.datetime.now().strftime(EXEC_TIME_FORMAT)
+    return user
+
+
+# --- standalone ------------------------------------------------------------
+
+
+def _template(text):
+    """`32:1,2` -> (32, [1, 2])"""
+    temp_id, _, groups = text.partition(":")
+    return int(temp_id), [int(group) for group in groups.split(",") if group] or [1]
+
+
+def _repos(path):
+    """A JSON list of {"git_url", "relative_path", "hooks": {tag_prefix: rule}}."""
+    with open(path, encoding="utf-8") as handle:
+        entries = json.load(handle)
+    return {(entry["git_url"], entry["relative_path"]): entry.get("hooks") for entry in entries}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=0, help="default: any free port")
+    parser.add_argument("--auth-key-file", required=True, help="the one auth_key the platform accepts")
+    parser.add_argument("--template", type=_template, action="append", help="TEMP_ID:GROUP,GROUP (repeatable)")
+    parser.add_argument("--repos-file", help="git hooks rules, a JSON list of {git_url, relative_path, hooks}")
+    parser.add_argument("--state-file", help="keep the created tasks in this JSON file")
+    parser.add_argument("--no-sdk-csrf-skip", action="store_true", help="check csrf even with an Sdk-Method header")
+    parser.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    options = parser.parse_args(argv)
+    with open(options.auth_key_file, encoding="utf-8") as handle:
+        auth_key = handle.read().strip()
+    fake = FakeCodo(
+        auth_key=auth_key,
+        templates=dict(options.template) if options.template else None,
+        repos=_repos(options.repos_file) if options.repos_file else None,
+        port=options.port,
+        state_file=options.state_file,
+        skip_csrf_with_sdk_header=not options.no_sdk_csrf_skip,
+        verbose=options.verbose,
+    ).start()
+    print(fake.url, flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    while not stopped.wait(0.5):
+        pass
+    fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
