@@ -58,7 +58,6 @@ def shown(name):
 # 2. Config
 # ---------------------------------------------------------------------------
 
-CONFIG_NAME = "codo-release.json"
 DEFAULT_TAG_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"
 
 CODO_DEFAULTS = {
@@ -112,21 +111,6 @@ SHELL_SAFE_TAG = r"[A-Za-z0-9._/+,=:@%][A-Za-z0-9._/+,=:@%-]*\Z"  # compiled on 
 
 class ConfigError(Exception):
     """The config cannot be used; the message is one line naming the file."""
-
-
-def config_path_for(argv0):
-    """$CODO_HOOK_CONFIG, else codo-release.json in the custom_hooks dir we were invoked from.
-
-    Symlinks are deliberately not resolved: the hook program lives once per
-    server, its config once per project, beside the link.
-    """
-    explicit = os.environ.get("CODO_HOOK_CONFIG")
-    if explicit:
-        return explicit
-    hook_dir = os.path.dirname(os.path.abspath(argv0))
-    if hook_dir.endswith(".d"):
-        hook_dir = os.path.dirname(hook_dir)
-    return os.path.join(hook_dir, CONFIG_NAME)
 
 
 def read_config(path):
@@ -382,7 +366,6 @@ def _is_number(value):
 # ---------------------------------------------------------------------------
 # 3. Decisions
 # ---------------------------------------------------------------------------
-
 
 
 class RefUpdate:
@@ -930,12 +913,12 @@ def log_event(state_dir, max_bytes, **event):
 class Push:
     """One hook run: who pushed what to which project, under which config."""
 
-    def __init__(self, stage, updates, argv):
+    def __init__(self, stage, updates, config_path):
         self.stage = stage
         self.updates = [RefUpdate(*update) for update in updates]
         self.user = os.environ.get("GL_USERNAME")
         self.project_path = os.environ.get("GL_PROJECT_PATH")
-        self.config_path = config_path_for(argv[0])
+        self.config_path = config_path
 
 
 def run_stage(push):
@@ -1139,23 +1122,23 @@ Each takes --help. Exit codes: 0 done, 1 refused or something left undelivered,
 2 bad usage or config."""
 
 
-def main(stage, updates, argv):
+def main(stage, updates, argv, config_path):
+    """Called by the entry with the stage it runs as (None: admin), the tag updates, and the config's path."""
     if stage is not None and updates is not None:
-        return run_stage(Push(stage, updates, argv))
+        return run_stage(Push(stage, updates, config_path))
     if stage is not None:
         say(f"unknown hook stage {stage!r}: name the hook pre-receive, update or post-receive")
         return EXIT_USAGE
-    return admin(argv)
+    return admin(argv, config_path)
 
 
-def admin(argv):
+def admin(argv, default_config):
     import argparse
 
     parser = argparse.ArgumentParser(
         prog="codo_release_hook.py", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    default_config = config_path_for(argv[0])
 
     check = commands.add_parser("check-config", help="list every problem in a config (exit 2 if any)")
     check.add_argument("file", nargs="?", default=default_config, help="config file (default: %(default)s)")
@@ -1202,7 +1185,7 @@ def admin(argv):
 
 def check_config(args):
     raw = read_config(args.file)
-    problems = config_problems(raw)
+    problems = config_problems(raw) + index_problems(args.file, raw)
     for problem in problems:
         say(f"{args.file}: {problem}")
     if problems:
@@ -1211,6 +1194,23 @@ def check_config(args):
     rules = sum(len(project.get("rules", [])) for project in raw["projects"].values())
     say("{}: OK ({} project(s), {} rule(s))".format(args.file, len(raw["projects"]), rules))
     return EXIT_OK
+
+
+def index_problems(path, raw):
+    """A server-wide install lists its projects in <config>.projects; a project missing there is never released."""
+    try:
+        with open(os.path.splitext(path)[0] + ".projects", encoding="utf-8") as index:
+            listed = set(index.read().split("\n"))
+    except OSError:
+        return []
+    projects = raw.get("projects") if isinstance(raw.get("projects"), dict) else {}
+    return [
+        "projects.{} is missing from the project index {}: its pushes are ignored".format(
+            project, os.path.splitext(path)[0] + ".projects"
+        )
+        for project in sorted(projects)
+        if project not in listed
+    ]
 
 
 def match_tag(args):

@@ -38,17 +38,38 @@ def tag_updates(stage, argv):
     return [u for u in updates if len(u) == 3 and u[2].startswith("refs/tags/") and u[1].strip("0")]
 
 
+def config_path(argv0):
+    """$CODO_HOOK_CONFIG, else codo-release.json in the custom_hooks dir we run from (links not resolved)."""
+    if os.environ.get("CODO_HOOK_CONFIG"):
+        return os.environ["CODO_HOOK_CONFIG"]
+    hook_dir = os.path.dirname(os.path.abspath(argv0))
+    if hook_dir.endswith(".d"):
+        hook_dir = os.path.dirname(hook_dir)
+    return os.path.join(hook_dir, "codo-release.json")
+
+
+def unlisted_project(config):
+    """Server-wide install: a project missing from the index beside the config costs no config read."""
+    project = os.environ.get("GL_PROJECT_PATH")
+    try:
+        with open(os.path.splitext(config)[0] + ".projects", "rb") as index:
+            return bool(project) and project.encode() not in index.read().split(b"\n")
+    except OSError:
+        return False
+
+
 def main():
     stage = os.environ.get("CODO_HOOK_STAGE") or invoked_stage(sys.argv[0])
+    config = config_path(sys.argv[0])
     updates = None
     if stage in HOOK_STAGES:
         updates = tag_updates(stage, sys.argv)
-        if not updates:
+        if not updates or unlisted_project(config):
             return 0
     sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
     import codo_release
 
-    return codo_release.main(stage, updates, sys.argv)
+    return codo_release.main(stage, updates, sys.argv, config)
 
 
 if __name__ == "__main__":

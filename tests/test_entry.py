@@ -94,3 +94,37 @@ def test_the_key_can_come_from_the_environment_for_admin_use(site):
 
     result = site.run_hook("post-receive", [new_tag_line("release-dbtt-1")], CODO_AUTH_KEY=AUTH_KEY)
     assert "submitted as task" in result.stdout
+
+
+def server_wide(site, listed):
+    """One config holding several projects, with the index a server-wide install writes beside it."""
+    other = dict(site.config["projects"][PROJECT], git_url="git@gitlab.example.com:ops/other.git")
+    site.config["projects"]["ops/other"] = other
+    site.write_config()
+    with open(os.path.join(site.hooks, "codo-release.projects"), "w") as index:
+        index.write("".join(path + "\n" for path in listed))
+
+
+def test_server_wide_a_project_missing_from_the_index_costs_no_config_read(site):
+    server_wide(site, ["ops/other"])
+    site.link("post-receive")
+    result = run(
+        os.path.join(site.hooks, "post-receive.d", "codo-release"), stdin=new_tag_line("release-dbtt-1") + "\n"
+    )
+    assert result.returncode == 0
+    assert "codo_release" not in imported(result)
+    assert site.fake.requests == []
+
+
+def test_server_wide_a_listed_project_is_released(site):
+    server_wide(site, [PROJECT, "ops/other"])
+    result = site.run_hook("post-receive", [new_tag_line("release-dbtt-1")], GL_PROJECT_PATH="ops/other")
+    assert "submitted as task 1" in result.stdout
+    assert "ops/other.git" in site.fake.tasks[0].fields["args"]
+
+
+def test_check_config_names_a_project_missing_from_the_index(site):
+    server_wide(site, ["ops/other"])
+    result = site.admin("check-config", site.config_path)
+    assert result.returncode == 2
+    assert "projects.ops/dbtt is missing from the project index" in result.stdout
