@@ -52,7 +52,7 @@ $(STAMP): $(REQUIREMENTS)
 	    rm -rf "$(VENV)"; \
 	    $(PYTHON) -m venv "$(VENV)"; \
 	fi
-	"$(BIN)/python" -m pip install --disable-pip-version-check -q -r $(REQUIREMENTS)
+	"$(BIN)/python" -m pip install --disable-pip-version-check -qq -r $(REQUIREMENTS)
 	@touch "$@"
 
 image:

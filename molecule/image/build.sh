@@ -66,7 +66,7 @@ mmdebstrap \
     --customize-hook='echo codo-hooks-node > "$1/etc/hostname"' \
     --customize-hook='rm -f "$1/etc/machine-id" "$1/var/lib/dbus/machine-id"; touch "$1/etc/machine-id"' \
     --customize-hook='printf "Acquire::Check-Valid-Until \"false\";\n" > "$1/etc/apt/apt.conf.d/99codo-valid-until"' \
-    --customize-hook='chroot "$1" systemctl mask getty.target console-getty.service systemd-udevd.service systemd-udev-trigger.service systemd-remount-fs.service systemd-firstboot.service sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount systemd-logind.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer >/dev/null' \
+    --customize-hook='chroot "$1" systemctl mask getty.target console-getty.service systemd-udevd.service systemd-udev-trigger.service systemd-remount-fs.service systemd-firstboot.service sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount systemd-logind.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer >/dev/null 2>&1' \
     --customize-hook='chroot "$1" systemctl disable ssh.service >/dev/null 2>&1 || true' \
     --customize-hook='mkdir -p "$1/run/sshd"' \
     "$suite" "$tarball" "${mirrors[@]}"
@@ -79,4 +79,8 @@ docker import \
     --message "codo-hooks test node, recipe $hash" \
     "$tarball" "$image" >/dev/null
 docker tag "$image" "$name:$alias_tag"
+# Drop the images of older recipes (kept while a container still uses one).
+for old in $(docker images "$name" --format '{{.Tag}}'); do
+    case "$old" in "$hash"|"$alias_tag"|"<none>") ;; *) docker rmi "$name:$old" >/dev/null 2>&1 || true ;; esac
+done
 echo "built $image (tagged $name:$alias_tag) in $(( $(date +%s) - start )) s"

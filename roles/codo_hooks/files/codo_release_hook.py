@@ -1,0 +1,1 @@
+../../../files/codo_release_hook.py

@@ -1,0 +1,98 @@
+"""A role's meta/argument_specs.yml is the one description of its variables: the README's
+tables are generated from it and its defaults are those of defaults/main.yml."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATOR = ROOT / "scripts" / "role_readme.py"
+MARKER = "<!-- BEGIN GENERATED: variables"
+ROLES = sorted(
+    role
+    for role in (ROOT / "roles").iterdir()
+    if (role / "meta" / "argument_specs.yml").is_file()
+    and (role / "README.md").is_file()
+    and MARKER in (role / "README.md").read_text(encoding="utf-8")
+)
+TEMPLATED = re.compile(r"\{\{.*\}\}")
+
+
+def options(role):
+    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text(encoding="utf-8"))
+    return specs["argument_specs"]["main"]["options"]
+
+
+def defaults(role):
+    return yaml.safe_load((role / "defaults" / "main.yml").read_text(encoding="utf-8")) or {}
+
+
+def test_codo_hooks_has_a_generated_variable_table():
+    assert ROOT / "roles" / "codo_hooks" in ROLES
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda role: role.name)
+def test_readme_variable_table_is_generated_from_argument_specs(role):
+    run = subprocess.run(
+        [sys.executable, str(GENERATOR), "--check", str(role)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda role: role.name)
+def test_every_default_is_described_in_argument_specs(role):
+    assert sorted(set(defaults(role)) - set(options(role))) == []
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda role: role.name)
+def test_argument_specs_defaults_are_the_role_defaults(role):
+    described = {name: spec["default"] for name, spec in options(role).items() if "default" in spec}
+    assert described == defaults(role)
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda role: role.name)
+def test_every_default_has_a_comment_line_above_it(role):
+    lines = (role / "defaults" / "main.yml").read_text(encoding="utf-8").splitlines()
+    bare = [
+        line.split(":")[0]
+        for number, line in enumerate(lines)
+        if re.match(r"[a-z_]+:", line) and (number == 0 or not lines[number - 1].startswith("#"))
+    ]
+    assert bare == []
+
+
+def test_generator_refuses_a_readme_without_markers(tmp_path):
+    role = tmp_path / "some_role"
+    (role / "meta").mkdir(parents=True)
+    (role / "meta" / "argument_specs.yml").write_text(
+        "argument_specs: {main: {options: {}}}\n", encoding="utf-8"
+    )
+    (role / "README.md").write_text("# some_role\n", encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, str(GENERATOR), str(role)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode != 0
+    assert "marker" in run.stderr
+
+
+def test_generator_shows_ansible_markup_as_markdown(tmp_path):
+    role = tmp_path / "some_role"
+    (role / "meta").mkdir(parents=True)
+    (role / "meta" / "argument_specs.yml").write_text(
+        "argument_specs: {main: {options: {some_role_x: {type: str, default: a|b, description: 'Use C(x) or I(y).'}}}}\n",
+        encoding="utf-8",
+    )
+    (role / "README.md").write_text(
+        "# some_role\n<!-- BEGIN GENERATED: variables (scripts/role_readme.py) -->\n<!-- END GENERATED: variables -->\n",
+        encoding="utf-8",
+    )
+    subprocess.run([sys.executable, str(GENERATOR), str(role)], check=True, capture_output=True)
+    readme = (role / "README.md").read_text(encoding="utf-8")
+    assert "| `some_role_x` | `a\\|b` | str | Use `x` or *y*. |" in readme
