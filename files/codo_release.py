@@ -958,7 +958,7 @@ def config_broken(push, message):
     if push.stage in ("pre-receive", "update"):
         refuse_line(f"{message}; tags cannot be released until it is fixed: run codo_release_hook.py check-config")
         return EXIT_REFUSED
-    spool = Spool(TOP_DEFAULTS["state_dir"])
+    spool = Spool(_state_dir_of_broken(push.config_path))
     for update in created:
         entry = _entry(push, update, None)
         try:
@@ -968,6 +968,14 @@ def config_broken(push, message):
             continue
         say(f"{shown(update.tag)} kept in the spool: {message}; run check-config, then flush")
     return EXIT_OK
+
+
+def _state_dir_of_broken(path):
+    try:
+        state_dir = read_config(path).get("state_dir")
+    except ConfigError:
+        state_dir = None
+    return state_dir if isinstance(state_dir, str) else TOP_DEFAULTS["state_dir"]
 
 
 def report_refusal(config, project, push, update, decision):

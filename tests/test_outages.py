@@ -209,3 +209,15 @@ def test_the_key_never_reaches_output_spool_or_log(site):
         for name in names:
             with open(os.path.join(directory, name), encoding="utf-8", errors="replace") as handle:
                 assert AUTH_KEY not in handle.read(), name
+
+
+def test_a_broken_config_after_the_push_keeps_new_tags_until_it_is_fixed(site):
+    site.rule(1)["hosts"] = {"1": ["not-an-ip"]}
+    site.write_config()
+    result = post_receive(site, RELEASE)
+    assert "kept in the spool" in result.stdout and "check-config" in result.stdout
+    assert site.fake.requests == []
+    site.rule(1)["hosts"] = {"1": ["118.25.0.10"]}
+    site.write_config()
+    assert site.flush().returncode == 0
+    assert len(site.fake.tasks) == 1
