@@ -95,7 +95,8 @@ molecule: venv image
 test: lint pytest molecule
 
 demo: venv image
-	bash scripts/demo.sh
+	@[ -f scripts/demo.sh ] || { echo "make demo: scripts/demo.sh is not written yet" >&2; exit 1; }
+	$(RUN) bash scripts/demo.sh
 
 clean-containers:
 	@ids=$$(docker ps -aq --filter "label=$(PROJECT_LABEL)"); \
