@@ -37,7 +37,9 @@ def call(url, method="GET", body=None, token=TOKEN):
 @pytest.fixture
 def gitlab(tmp_path):
     server = FakeGitLab(
-        token=TOKEN, projects={1: "ops/dbtt", 2: "ops/web"}, authorized_keys_file=str(tmp_path / "authorized_keys")
+        token=TOKEN,
+        projects={1: "ops/dbtt", 2: "ops/web"},
+        authorized_keys_file=str(tmp_path / "authorized_keys"),
     )
     server.start()
     yield server
@@ -49,7 +51,9 @@ def keys_url(gitlab, project="1"):
 
 
 def add(gitlab, project="1", key=KEY, title="codo-deploy@web1", can_push=False):
-    return call(keys_url(gitlab, project), "POST", {"title": title, "key": key, "can_push": can_push})
+    return call(
+        keys_url(gitlab, project), "POST", {"title": title, "key": key, "can_push": can_push}
+    )
 
 
 def test_project_is_found_by_id_and_by_encoded_path(gitlab):
@@ -130,7 +134,9 @@ def test_missing_title_is_400(gitlab):
 
 def test_put_changes_can_push_and_title(gitlab):
     _, _, created = add(gitlab, can_push=True)
-    status, _, updated = call(f"{keys_url(gitlab)}/{created['id']}", "PUT", {"can_push": False, "title": "new"})
+    status, _, updated = call(
+        f"{keys_url(gitlab)}/{created['id']}", "PUT", {"can_push": False, "title": "new"}
+    )
     assert status == 200
     assert (updated["can_push"], updated["title"]) == (False, "new")
     assert gitlab.deploy_keys(1)[0]["can_push"] is False
@@ -178,7 +184,10 @@ def test_request_log_records_the_token_presence_never_the_token(gitlab):
     call(keys_url(gitlab), token=None)
     status, _, log = call(gitlab.url + "/_fake/requests", token=None)
     assert status == 200
-    assert [(entry["method"], entry["token"]) for entry in log[:2]] == [("POST", True), ("GET", False)]
+    assert [(entry["method"], entry["token"]) for entry in log[:2]] == [
+        ("POST", True),
+        ("GET", False),
+    ]
     assert TOKEN not in json.dumps(log)
 
 
@@ -210,7 +219,9 @@ def test_standalone_server_serves_the_projects_it_is_given(tmp_path):
         text=True,
     )
     try:
-        assert process.stdout.readline().strip() == f"fake GitLab listening on http://127.0.0.1:{port}"
+        assert (
+            process.stdout.readline().strip() == f"fake GitLab listening on http://127.0.0.1:{port}"
+        )
         assert int(pid_file.read_text()) == process.pid
         status, _, body = call(f"http://127.0.0.1:{port}/api/v4/projects/group%2Fapp")
         assert (status, body["id"]) == (200, 7)

@@ -619,3 +619,61 @@ def test_hook_output_reaches_the_pusher_as_remote_lines(project):
     project.hook("post-receive", "echo to-stdout; echo to-stderr >&2")
     output = project.push("HEAD:refs/heads/main").stderr
     assert "remote: to-stdout" in output and "remote: to-stderr" in output
+
+
+# --- the runner: Gitaly's server-wide custom_hooks_dir ---------------------
+
+
+@pytest.fixture
+def server_wide(project, tmp_path):
+    """The project's repository with Gitaly's custom_hooks_dir set, and a helper to add hooks there."""
+    directory = tmp_path / "gitaly-custom-hooks"
+    subprocess.run(
+        [sys.executable, RUNNER, "install", project.bare, "--project-path", "ops/dbtt", "--project-id", "7",
+         "--custom-hooks-dir", str(directory)],
+        check=True,
+    )
+
+    def hook(relative, body=""):
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'#!/bin/sh\necho "global/{relative}" >> "$CODO_LOG"\n{body}\n')
+        path.chmod(0o755)
+
+    return hook
+
+
+def test_runner_runs_server_wide_hooks_after_the_projects_own(project, server_wide):
+    server_wide("pre-receive.d/b")
+    server_wide("pre-receive.d/a")
+    project.hook("pre-receive.d/z")
+    project.hook("pre-receive")
+    assert project.push("HEAD:refs/heads/main").returncode == 0
+    assert project.ran() == ["pre-receive", "pre-receive.d/z", "global/pre-receive.d/a", "global/pre-receive.d/b"]
+
+
+def test_runner_runs_server_wide_hooks_for_a_project_without_custom_hooks(project, server_wide):
+    server_wide("post-receive.d/codo-release", 'echo "$GL_PROJECT_PATH $(pwd -P)" >> "$CODO_LOG"')
+    project.push("HEAD:refs/heads/main")
+    assert project.ran() == ["global/post-receive.d/codo-release", f"ops/dbtt {os.path.realpath(project.bare)}"]
+
+
+def test_runner_ignores_a_server_wide_stage_file_outside_its_d_directory(project, server_wide):
+    server_wide("pre-receive")
+    server_wide("pre-receive.d/a")
+    project.push("HEAD:refs/heads/main")
+    assert project.ran() == ["global/pre-receive.d/a"]
+
+
+def test_runner_skips_the_server_wide_hooks_when_a_projects_hook_fails(project, server_wide):
+    project.hook("pre-receive.d/a", "exit 1")
+    server_wide("pre-receive.d/b")
+    assert project.push("HEAD:refs/heads/main").returncode != 0
+    assert project.ran() == ["pre-receive.d/a"]
+
+
+def test_runner_without_custom_hooks_dir_runs_only_the_projects_hooks(project, tmp_path):
+    (tmp_path / "gitaly-custom-hooks" / "pre-receive.d").mkdir(parents=True)
+    project.hook("pre-receive")
+    project.push("HEAD:refs/heads/main")
+    assert project.ran() == ["pre-receive"]

@@ -121,13 +121,17 @@ class GitLabState:
         return dict(key, can_push=self.links[(project_id, key_id)])
 
     def project_keys(self, project_id):
-        return [self.deploy_key_view(pid, kid) for (pid, kid) in sorted(self.links) if pid == project_id]
+        return [
+            self.deploy_key_view(pid, kid) for (pid, kid) in sorted(self.links) if pid == project_id
+        ]
 
     def add_key(self, project_id, title, key_text, can_push):
         if not title:
             raise BadRequest({"error": "title is missing"})
         key_type, key_blob_b64, blob = parse_key(key_text)
-        existing = next((k for k in self.keys.values() if k["_blob"] == (key_type, key_blob_b64)), None)
+        existing = next(
+            (k for k in self.keys.values() if k["_blob"] == (key_type, key_blob_b64)), None
+        )
         if existing is not None:
             if (project_id, existing["id"]) in self.links:
                 raise BadRequest(TAKEN)
@@ -140,7 +144,9 @@ class GitLabState:
                 "title": title,
                 "key": " ".join(str(key_text).split()[:3]),
                 "fingerprint_sha256": fingerprint_sha256(blob),
-                "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="milliseconds"
+                ),
                 "expires_at": None,
                 "_blob": (key_type, key_blob_b64),
             }
@@ -157,7 +163,9 @@ class GitLabState:
     def write_authorized_keys(self):
         if not self.authorized_keys_file:
             return
-        lines = [f"{k['_blob'][0]} {k['_blob'][1]} deploy-key-{k['id']}\n" for k in self.keys.values()]
+        lines = [
+            f"{k['_blob'][0]} {k['_blob'][1]} deploy-key-{k['id']}\n" for k in self.keys.values()
+        ]
         temporary = self.authorized_keys_file + ".tmp"
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.writelines(lines)
@@ -210,7 +218,9 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         token = self.headers.get("PRIVATE-TOKEN")
         with self.state.lock:
-            self.state.requests.append({"method": method, "path": url.path, "query": url.query, "token": token is not None})
+            self.state.requests.append(
+                {"method": method, "path": url.path, "query": url.query, "token": token is not None}
+            )
         if url.path == "/_fake/requests" and method == "GET":
             with self.state.lock:
                 return self.reply(200, list(self.state.requests))
@@ -262,7 +272,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self.list_keys(project["id"], query)
             if method == "POST":
                 view = self.state.add_key(
-                    project["id"], body.get("title"), body.get("key"), as_bool(body.get("can_push", False))
+                    project["id"],
+                    body.get("title"),
+                    body.get("key"),
+                    as_bool(body.get("can_push", False)),
                 )
                 return self.reply(201, public(view))
             return self.reply(405, {"error": "405 Method Not Allowed"})
@@ -303,7 +316,9 @@ class FakeGitLab:
 
     def __init__(self, token, projects=None, port=0, authorized_keys_file=None):
         self.token = token
-        self.state = GitLabState(projects if projects is not None else {1: "ops/dbtt"}, authorized_keys_file)
+        self.state = GitLabState(
+            projects if projects is not None else {1: "ops/dbtt"}, authorized_keys_file
+        )
         self.httpd = ThreadingHTTPServer((HOST, port), Handler)
         self.httpd.daemon_threads = True
         self.httpd.state = self.state
@@ -320,7 +335,10 @@ class FakeGitLab:
 
     def start(self):
         self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gitlab", daemon=True
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-gitlab",
+            daemon=True,
         )
         self.thread.start()
         return self
@@ -352,15 +370,26 @@ def project_argument(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Fake GitLab deploy-keys API on 127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--token-file", required=True, help="file holding the PRIVATE-TOKEN to accept")
-    parser.add_argument("--project", type=project_argument, action="append", default=[], help="ID:namespace/name")
-    parser.add_argument("--authorized-keys-file", help="rewrite this file with every deploy key, as gitlab-shell")
+    parser.add_argument(
+        "--token-file", required=True, help="file holding the PRIVATE-TOKEN to accept"
+    )
+    parser.add_argument(
+        "--project", type=project_argument, action="append", default=[], help="ID:namespace/name"
+    )
+    parser.add_argument(
+        "--authorized-keys-file", help="rewrite this file with every deploy key, as gitlab-shell"
+    )
     parser.add_argument("--pid-file", help="write this process's id here")
     args = parser.parse_args(argv)
     with open(args.token_file, encoding="utf-8") as handle:
         token = handle.read().strip()
     projects = dict(args.project) if args.project else None
-    server = FakeGitLab(token=token, projects=projects, port=args.port, authorized_keys_file=args.authorized_keys_file)
+    server = FakeGitLab(
+        token=token,
+        projects=projects,
+        port=args.port,
+        authorized_keys_file=args.authorized_keys_file,
+    )
     if args.pid_file:
         with open(args.pid_file, "w", encoding="utf-8") as handle:
             handle.write(f"{os.getpid()}\n")

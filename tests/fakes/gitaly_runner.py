@@ -2,11 +2,14 @@
 """Make a bare repository run its custom hooks the way Gitaly does (shared/gitlab-hooks.md).
 
   python3 gitaly_runner.py install BARE_REPO [--project-path ops/dbtt] [--project-id 1]
+                                   [--custom-hooks-dir DIR]
       writes hooks/{pre-receive,update,post-receive}: shims that call `run`, and keeps the
-      project in the repository's git config (gitlab.fullpath, gitlab.projectid).
+      project in the repository's git config (gitlab.fullpath, gitlab.projectid), and Gitaly's
+      server-wide custom_hooks_dir when given (gitlab.customhooksdir).
   python3 gitaly_runner.py run [--repo BARE_REPO] STAGE [ARGS...]
-      runs custom_hooks/STAGE, then custom_hooks/STAGE.d/* in alphabetical order, skipping
-      what is not executable, a directory, or named `*~`; stops at the first non-zero exit.
+      runs custom_hooks/STAGE, then custom_hooks/STAGE.d/* in alphabetical order, then the
+      server-wide <custom_hooks_dir>/STAGE.d/* in alphabetical order, skipping what is not
+      executable, a directory, or named `*~`; stops at the first non-zero exit.
 
 Each hook gets the same stdin (pre-/post-receive) or argv (update), runs in the repository
 directory with Gitaly's filtered environment plus GL_* and any CODO_* variable, and writes to
@@ -45,12 +48,15 @@ exec {python} -I -S {runner} run --repo {repo} {stage} "$@"
 """
 
 
-def install(repo, project_path, project_id):
+def install(repo, project_path, project_id, custom_hooks_dir=None):
     import shlex
     import subprocess
 
     repo = os.path.abspath(repo)
-    for name, value in (("gitlab.fullpath", project_path), ("gitlab.projectid", str(project_id))):
+    settings = [("gitlab.fullpath", project_path), ("gitlab.projectid", str(project_id))]
+    if custom_hooks_dir:
+        settings.append(("gitlab.customhooksdir", os.path.abspath(custom_hooks_dir)))
+    for name, value in settings:
         subprocess.run(["git", "config", "--file", os.path.join(repo, "config"), name, value], check=True)
     for stage in STAGES:
         shim = os.path.join(repo, "hooks", stage)
@@ -69,8 +75,9 @@ def install(repo, project_path, project_id):
 def run(repo, stage, argv):
     """Run the stage's chain; the exit status of the first hook that fails, else 0."""
     stdin = os.open(os.devnull, os.O_RDONLY) if stage == "update" else _rewindable_stdin()
-    env = hook_environment(repo, os.environ)
-    for hook in hook_chain(repo, stage):
+    project = _gitlab_config(repo)
+    env = hook_environment(repo, os.environ, project)
+    for hook in hook_chain(repo, stage, project.get("customhooksdir")):
         os.lseek(stdin, 0, os.SEEK_SET)
         status = _spawn([hook, *argv], stdin, repo, env)
         if status != 0:
@@ -78,22 +85,27 @@ def run(repo, stage, argv):
     return 0
 
 
-def hook_chain(repo, stage):
-    """custom_hooks/<stage>, then custom_hooks/<stage>.d/* by name; only what Gitaly would run."""
+def hook_chain(repo, stage, custom_hooks_dir=None):
+    """custom_hooks/<stage>, custom_hooks/<stage>.d/* by name, then the server-wide
+    <custom_hooks_dir>/<stage>.d/* by name; only what Gitaly would run."""
     single = os.path.join(repo, "custom_hooks", stage)
-    chain_dir = single + ".d"
-    chained = [os.path.join(chain_dir, name) for name in sorted(os.listdir(chain_dir))] if os.path.isdir(chain_dir) else []
-    return [path for path in [single, *chained] if _runnable(path)]
+    chained = _chain(single + ".d")
+    server_wide = _chain(os.path.join(custom_hooks_dir, stage + ".d")) if custom_hooks_dir else []
+    return [path for path in [single, *chained, *server_wide] if _runnable(path)]
+
+
+def _chain(chain_dir):
+    return [os.path.join(chain_dir, name) for name in sorted(os.listdir(chain_dir))] if os.path.isdir(chain_dir) else []
 
 
 def _runnable(path):
     return not path.endswith("~") and not os.path.isdir(path) and os.access(path, os.X_OK)
 
 
-def hook_environment(repo, pusher_env):
+def hook_environment(repo, pusher_env, project=None):
     env = {name: value for name, value in pusher_env.items() if name in KEPT_VARIABLES or name.startswith(KEPT_PREFIX)}
     env.update({name: pusher_env.get(name) or default for name, default in PUSHER_DEFAULTS.items()})
-    project = _gitlab_config(repo)
+    project = _gitlab_config(repo) if project is None else project
     env["GL_PROJECT_PATH"] = project.get("fullpath", "")
     env["GL_REPOSITORY"] = "project-" + project.get("projectid", "1")
     return env
@@ -157,12 +169,17 @@ def install_command(argv):
     installing.add_argument("repo", metavar="BARE_REPO")
     installing.add_argument("--project-path", help="GL_PROJECT_PATH (default: root/<repository name>)")
     installing.add_argument("--project-id", type=int, default=1, help="GL_REPOSITORY=project-<id> (default: 1)")
+    installing.add_argument(
+        "--custom-hooks-dir",
+        metavar="DIR",
+        help="Gitaly's server-wide custom_hooks_dir: its <stage>.d/* run after the project's own hooks",
+    )
     commands.add_parser("run", help="run [--repo BARE_REPO] STAGE [ARGS...]: one stage's custom hooks")
     options = parser.parse_args(argv)
     if options.command != "install":
         parser.error("run needs a STAGE")
     name = os.path.basename(os.path.abspath(options.repo)).removesuffix(".git")
-    install(options.repo, options.project_path or f"root/{name}", options.project_id)
+    install(options.repo, options.project_path or f"root/{name}", options.project_id, options.custom_hooks_dir)
     return 0
 
 
