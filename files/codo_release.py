@@ -11,13 +11,13 @@ Read top to bottom:
   8. Hook stages                pre-receive, update, post-receive
   9. Admin commands             check-config, match, flush, status
 
-Only json, os, re, sys and time are imported up front: a push of ordinary tags
-pays for nothing else. `requests` is imported when a submission is about to happen.
+Only os, sys and time are imported up front. `json` and `re` cost most of a bare
+interpreter start, so a push whose tags no rule can match reads its config with
+json's own C scanner and tells tags apart by each rule's literal prefix; `re`
+comes in when a tag may be a release, `requests` when it is about to be sent.
 """
 
-import json
 import os
-import re
 import sys
 import time
 
@@ -51,6 +51,8 @@ def _write(stream, line):
 
 def shown(name):
     """A ref name as it may be shown: as is when plain, else quoted with anything odd escaped."""
+    import re
+
     return name if re.match(SHELL_SAFE_TAG, name, re.ASCII) else ascii(name)
 
 
@@ -106,6 +108,7 @@ MAX_HOSTS_PER_GROUP = 100
 
 # Whatever tag_name_pattern says, these never reach a shell on the execution hosts:
 # shell syntax, quotes, white space, globs, non-ASCII, and a leading '-' (an option).
+PLAIN_REGEX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/,:=@%!<>#&~ ")
 SHELL_SAFE_TAG = r"[A-Za-z0-9._/+,=:@%][A-Za-z0-9._/+,=:@%-]*\Z"  # compiled on first use, not on every start
 
 
@@ -116,7 +119,7 @@ class ConfigError(Exception):
 def read_config(path):
     try:
         with open(path, encoding="utf-8") as handle:
-            raw = json.load(handle)
+            raw = parse_json(handle.read())
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror or error}")
     except ValueError as error:
@@ -124,6 +127,33 @@ def read_config(path):
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must hold a JSON object")
     return raw
+
+
+def parse_json(text):
+    """json.loads without importing json (and with it re), through the C scanner json itself uses.
+
+    Anything but a clean parse is handed to json.loads, for its exact error message.
+    """
+    try:
+        from _json import make_scanner
+
+        stripped = text.strip(" \t\n\r")
+        value, end = make_scanner(_JsonOptions)(stripped, 0)
+        if end == len(stripped):
+            return value
+    except Exception:  # any failure at all: json.loads says what is wrong
+        pass
+    import json
+
+    return json.loads(text)
+
+
+class _JsonOptions:
+    """What the C scanner reads off a json.JSONDecoder: its defaults."""
+
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int, parse_constant = float, int, float
 
 
 class Config:
@@ -136,17 +166,33 @@ class Config:
         self.projects = raw.get("projects") or {}
         self.state_dir = self.top["state_dir"]
         self.on_failure = self.top["on_failure"]
-        self.tag_name_re = re.compile(self.top["tag_name_pattern"], re.ASCII)
 
     @classmethod
-    def load(cls, path, project_path=None):
-        """Read and check the file: the platform settings and the one project asked for."""
+    def load(cls, path, project_path=None, patterns=True):
+        """Read and check the file: the platform settings and the one project asked for.
+
+        patterns=False leaves the regular expressions unchecked (check_patterns does it): a push of
+        tags that no rule can match never imports re.
+        """
         raw = read_config(path)
-        problems = config_problems(raw, only_project=project_path)
+        problems = config_problems(raw, only_project=project_path, patterns=patterns)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise ConfigError(f"config {path}: {problems[0]}{more}")
         return cls(raw, path)
+
+    def check_patterns(self, project_path):
+        """Raise ConfigError unless the regular expressions (tag_name_pattern, the project's rules) compile."""
+        raw = {"tag_name_pattern": self.top["tag_name_pattern"], "projects": self.projects}
+        problems = _patterns_problems(raw, project_path)
+        if problems:
+            raise ConfigError("config {}: {}".format(self.path, problems[0]))
+
+    @property
+    def tag_name_re(self):
+        import re
+
+        return re.compile(self.top["tag_name_pattern"], re.ASCII)  # re caches compiled patterns
 
     def project(self, project_path):
         """The project's settings, or None when this config does not release it."""
@@ -182,7 +228,13 @@ class Rule:
     def __init__(self, index, raw):
         self.index = index
         self.settings = _with_defaults(raw, RULE_DEFAULTS)
-        self.pattern = re.compile(self.settings["tag"])
+        self.prefix = literal_prefix(self.settings["tag"])
+
+    @property
+    def pattern(self):
+        import re
+
+        return re.compile(self.settings["tag"])  # re caches compiled patterns
 
     def hosts_literal(self):
         """{1: 'ip1,ip2'}: the Python literal the platform parses, group keys as ints."""
@@ -193,13 +245,33 @@ class Rule:
         return str(groups)
 
 
+def literal_prefix(pattern):
+    """Text that every tag the pattern matches (with re.match) starts with; '' when that is not sure.
+
+    Conservative: alternation and inline flags give '', and a literal that a quantifier
+    follows is left out (`ab?` promises only `a`).
+    """
+    if "|" in pattern or "(?" in pattern:
+        return ""
+    for anchor in ("\\A", "^"):
+        if pattern.startswith(anchor):
+            pattern = pattern[len(anchor) :]
+            break
+    prefix = ""
+    for char in pattern:
+        if char not in PLAIN_REGEX_CHARS:
+            return prefix[:-1] if char in "*?{" else prefix
+        prefix += char
+    return prefix
+
+
 def _with_defaults(raw, defaults):
     merged = dict(defaults)
     merged.update(raw)
     return merged
 
 
-def config_problems(raw, only_project=None):
+def config_problems(raw, only_project=None, patterns=True):
     """Every problem in a config, one line each; [] when it is fine.
 
     With only_project, projects other than that one are not looked at: one
@@ -219,6 +291,20 @@ def config_problems(raw, only_project=None):
     for path, project in sorted(projects.items()):
         if only_project is None or path == only_project:
             problems += _project_problems(path, project, api)
+    return problems + (_patterns_problems(raw, only_project) if patterns else [])
+
+
+def _patterns_problems(raw, only_project):
+    """Regular expressions that do not compile: tag_name_pattern and every rule's tag."""
+    import re
+
+    problems = _regex_problems(raw.get("tag_name_pattern", DEFAULT_TAG_NAME_PATTERN), "tag_name_pattern", re.ASCII)
+    for path, project in sorted(raw["projects"].items()):
+        rules = project.get("rules") if isinstance(project, dict) else None
+        if (only_project is None or path == only_project) and isinstance(rules, list):
+            for index, rule in enumerate(rules):
+                if isinstance(rule, dict) and isinstance(rule.get("tag"), str):
+                    problems += _regex_problems(rule["tag"], "projects.{}.rules[{}].tag".format(path, index), 0)
     return problems
 
 
@@ -233,7 +319,7 @@ def _unknown_keys(raw, known, where):
 def _codo_problems(codo):
     problems = _unknown_keys(codo, CODO_DEFAULTS, "codo.")
     url = codo.get("url")
-    if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or url.split("/")[2:3] in ([], [""]):
         problems.append("codo.url must be the platform's http(s) URL, e.g. https://codo.example.com")
     if codo.get("api", "task_accept") not in APIS:
         problems.append("codo.api must be one of: {}".format(", ".join(APIS)))
@@ -259,7 +345,8 @@ def _top_problems(raw):
         problems.append("state_dir must be a directory path")
     if not _is_number(raw.get("log_max_bytes", 1)) or raw.get("log_max_bytes", 1) <= 0:
         problems.append("log_max_bytes must be a positive number")
-    problems += _regex_problems(raw.get("tag_name_pattern", DEFAULT_TAG_NAME_PATTERN), "tag_name_pattern", re.ASCII)
+    if not isinstance(raw.get("tag_name_pattern", ""), str):
+        problems.append("tag_name_pattern must be a regular expression")
     return problems
 
 
@@ -293,8 +380,6 @@ def _rule_problems(where, rule, api):
     problems = _unknown_keys(rule, RULE_DEFAULTS, where + ".")
     if not isinstance(rule.get("tag"), str):
         problems.append(f"{where}.tag is required: a regex matched at the start of the tag name")
-    else:
-        problems += _regex_problems(rule["tag"], where + ".tag", 0)
     if rule.get("schedule", "ready") not in ("ready", "new"):
         problems.append(f'{where}.schedule must be "ready" (run at once) or "new" (wait for approval)')
     if not isinstance(rule.get("on_move", False), bool):
@@ -350,8 +435,10 @@ def is_ipv4(text):
 
 
 def _regex_problems(pattern, where, flags):
+    import re
+
     if not isinstance(pattern, str):
-        return [f"{where} must be a regular expression"]
+        return []  # said by the structural checks
     try:
         re.compile(pattern, flags)
     except re.error as error:
@@ -415,6 +502,8 @@ def decide(config, project, update, user):
 
 def unsafe_tag_reason(config, tag):
     """Why a tag name must not reach a shell on the execution hosts, or '' when it is safe."""
+    import re
+
     if not config.tag_name_re.fullmatch(tag) or not re.match(SHELL_SAFE_TAG, tag, re.ASCII):
         return (
             "tag {} is not a safe release name: it goes into a shell command on the execution hosts; "
@@ -432,6 +521,8 @@ GIT_HOOKS_PATH = "/api/task/other/v1/git/hooks/"
 
 
 def task_accept_body(project, rule, tag, now=None):
+    import json
+
     args = {"TAG": tag, "GIT_URL": project.settings["git_url"], "APP_NAME": project.settings["app_name"]}
     args.update((str(key), str(value)) for key, value in rule.settings["args"].items())
     return json.dumps(
@@ -450,6 +541,8 @@ def task_accept_body(project, rule, tag, now=None):
 
 
 def git_hooks_body(config, project, tag):
+    import json
+
     return json.dumps({"git_url": config.codo["gitlab_url"], "relative_path": project.path, "tag_name": tag})
 
 
@@ -651,6 +744,8 @@ def _connection_never_made(error):
 
 def _reason(error):
     """The innermost cause of a requests error, in a few words and never with a cookie."""
+    import re
+
     text = str(error.args[0] if error.args else error)
     match = re.search(
         r"\[Errno -?\d+\] [^'\")]+|timed out|Connection refused|RemoteDisconnected[^'\")]*|certificate verify failed[^'\")]*",
@@ -672,6 +767,8 @@ def _json_field(reply, name):
 
 
 def _task_id_in(message):
+    import re
+
     match = re.search(r"ID\s*[：:]\s*(\d+)", message)
     return int(match.group(1)) if match else None
 
@@ -771,6 +868,7 @@ class Spool:
     def claim(self, state, entry_id):
         """Take an entry out of `state` for sending; None if someone else has it."""
         import fcntl
+        import json
 
         source = self.path(state, entry_id)
         try:
@@ -816,6 +914,8 @@ class Spool:
         return sorted(name[:-5] for name in names if name.endswith(".json"))
 
     def entries(self, state):
+        import json
+
         found = []
         for entry_id in self.ids(state):
             try:
@@ -843,6 +943,8 @@ def _now_text():
 
 
 def _dump(handle, entry):
+    import json
+
     json.dump(entry, handle, sort_keys=True)
     handle.flush()
     os.fsync(handle.fileno())
@@ -890,6 +992,8 @@ class DownMarker:
 
 def log_event(state_dir, max_bytes, **event):
     """Append one JSON line to <state_dir>/hook.log; the file is rotated once it grows past max_bytes."""
+    import json
+
     path = os.path.join(state_dir, "hook.log")
     event = dict(event, time=_now_text())
     line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
@@ -915,7 +1019,7 @@ class Push:
 
     def __init__(self, stage, updates, config_path):
         self.stage = stage
-        self.updates = [RefUpdate(*update) for update in updates]
+        self.updates = updates  # [old, new, ref] of new and moved tags
         self.user = os.environ.get("GL_USERNAME")
         self.project_path = os.environ.get("GL_PROJECT_PATH")
         self.config_path = config_path
@@ -923,13 +1027,17 @@ class Push:
 
 def run_stage(push):
     try:
-        config = Config.load(push.config_path, push.project_path)
+        config = Config.load(push.config_path, push.project_path, patterns=False)
+        project = config.project(push.project_path)
+        if project is None:
+            return EXIT_OK
+        candidates = release_candidates(project, push)
+        if not candidates:
+            return EXIT_OK
+        config.check_patterns(project.path)
     except ConfigError as error:
         return config_broken(push, str(error))
-    project = config.project(push.project_path)
-    if project is None:
-        return EXIT_OK
-    decisions = [(update, decide(config, project, update, push.user)) for update in push.updates]
+    decisions = [(update, decide(config, project, update, push.user)) for update in candidates]
     refused = [(update, decision) for update, decision in decisions if decision.kind == "refuse"]
     for update, decision in decisions:
         if decision.kind == "refuse":
@@ -950,9 +1058,18 @@ def run_stage(push):
     return EXIT_OK
 
 
+def release_candidates(project, push):
+    """Tag updates whose name starts with some rule's literal prefix: the only ones worth a regex.
+
+    Every pushed tag goes through this loop, before re is imported: it stays lean.
+    """
+    prefixes = tuple(rule.prefix for rule in project.rules)
+    return [RefUpdate(*update) for update in push.updates if update[2][10:].startswith(prefixes)]
+
+
 def config_broken(push, message):
     """A config that cannot be used refuses new tags before the push, and keeps them after it."""
-    created = [update for update in push.updates if update.created]
+    created = [update for update in (RefUpdate(*raw) for raw in push.updates) if update.created]
     if not created:
         return EXIT_OK
     if push.stage in ("pre-receive", "update"):
@@ -1332,6 +1449,8 @@ def resend(claim):
 
 
 def status(args):
+    import json
+
     spool = Spool(_state_dir(args))
     counts = {state: len(spool.ids(state)) for state in (PENDING, UNCERTAIN, FAILED, SENT, "inflight")}
     waiting = [entry for state in (PENDING, UNCERTAIN, FAILED) for entry in spool.entries(state)]

@@ -9,10 +9,11 @@ from conftest import FILES, PROJECT, ZERO, new_tag_line
 
 
 def run(path, argv=(), stdin="", **env):
+    """Run a script (None: `-c pass`, the bare interpreter) with -X importtime."""
     environment = {"PATH": os.environ["PATH"], "GL_PROJECT_PATH": PROJECT}
     environment.update(env)
     return subprocess.run(
-        [sys.executable, "-X", "importtime", path, *argv],
+        [sys.executable, "-X", "importtime", *([path] if path else ["-c", "pass"]), *argv],
         check=False,
         input=stdin,
         env=environment,
@@ -42,15 +43,31 @@ def test_a_tag_deletion_is_dismissed_by_the_entry_alone(tmp_path):
     assert "codo_release" not in imported(result)
 
 
-def test_non_release_tags_never_import_requests(site):
+def test_tags_no_rule_can_match_import_neither_requests_nor_re_nor_json(site):
     site.link("post-receive")
     lines = "".join(new_tag_line(f"v1.{n}") + "\n" for n in range(50))
     result = run(os.path.join(site.hooks, "post-receive.d", "codo-release"), stdin=lines)
     assert result.returncode == 0
-    modules = imported(result)
+    modules = imported(result) - imported(run(None))
     assert "codo_release" in modules
-    assert "requests" not in modules
+    assert not modules & {"requests", "re", "json"}
     assert site.fake.requests == []
+
+
+def test_a_tag_with_a_rules_prefix_is_decided_by_the_full_regex(site):
+    site.rule(1)["tag"] = r"\Arelease-dbtt-\d+\Z"
+    site.write_config()
+    result = site.run_hook("post-receive", [new_tag_line("release-dbtt-x"), new_tag_line("release-dbtt-7")])
+    assert [task.args["TAG"] for task in site.fake.tasks] == ["release-dbtt-7"]
+    assert "release-dbtt-x" not in result.stdout
+
+
+def test_a_bad_rule_regex_refuses_tags_that_may_be_releases(site):
+    site.rule(1)["tag"] = r"\Arelease-dbtt-(\d+"
+    site.write_config()
+    result = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")])
+    assert result.returncode == 1
+    assert "not a valid regular expression" in result.stdout and "check-config" in result.stdout
 
 
 def test_stage_comes_from_the_chain_directory_name(site):
