@@ -611,6 +611,9 @@ class Platform:
     RETRIES = 3
 
     def __init__(self, codo, auth_key):
+        import requests  # here, so that no time budget pays for the import
+
+        self.requests = requests
         self.codo = codo
         self.auth_key = auth_key
         self.base = codo["url"].rstrip("/")
@@ -1132,7 +1135,7 @@ class Sender:
         self.config, self.project, self.push = config, project, push
         self.spool = Spool(config.state_dir)
         self.down = DownMarker(config.state_dir, config.codo["down_memory_s"])
-        self.budget = None  # starts once requests is imported: a loaded CPU is not the platform's fault
+        self.budget = None
         self.reject = push.stage == "update" and config.on_failure == "reject"
         self.platform = None
 
@@ -1169,9 +1172,7 @@ class Sender:
                 self.platform = Platform(self.config.codo, read_auth_key(self.config.codo))
         except ConfigError as error:
             return Result(PENDING, str(error))
-        if self.budget is None:
-            import requests  # noqa: F401 - imported before the budget starts
-
+        if self.budget is None:  # starts now, requests imported: a loaded CPU is not the platform's fault
             self.budget = Budget(self.config.codo["budget_s"])
         path, body = request_for(self.config, self.project, rule, update.tag)
         result = self.platform.submit(path, body, self.budget)
@@ -1420,7 +1421,8 @@ def resend(claim):
         say(f"{shown(update.tag)} not sent: {decision.reason}")
         return SKIPPED
     path, body = request_for(config, project, decision.rule, update.tag)
-    result = Platform(config.codo, auth_key).submit(path, body, Budget(config.codo["budget_s"]))
+    platform = Platform(config.codo, auth_key)
+    result = platform.submit(path, body, Budget(config.codo["budget_s"]))
     outcome = {SENT: SENT, SKIPPED: SENT}.get(result.outcome, result.outcome)
     claim.settle(outcome, last_error=None if outcome == SENT else result.detail, task_id=result.task_id)
     if result.outcome == SENT:
