@@ -10,10 +10,10 @@ network, made like an Omnibus Gitaly node: the git user, a storage whose reposit
 bare enough for the stand-in `gitaly` command (tests/fakes/fake_gitaly.py, installed as
 /opt/gitlab/embedded/bin/gitaly) and Gitaly's config.toml with a custom_hooks_dir.
 
-For each method: every size gets its own projects (ids that do not overlap) and is converged
-from nothing (the method's previous installs removed first); then the no-change reruns of all
-sizes are timed in turns (10, 100, 1000, 10, ...) so that other load hits every size alike,
-and the lowest time of each is compared (load only ever adds time).
+For each method and size: everything any method installed is removed, the size's projects
+(ids that do not overlap) are converged from nothing, then rerun with no change --reruns
+times; the lowest rerun time of each size is compared (other load only ever adds time). A
+rerun that changes anything, or runs `gitaly hooks set`, stops the bench.
 
 Targets (issue 5): the `global` rerun at the largest size within 2x of its rerun at the
 smallest; `gitaly` and `files` within 5x. Prints a table; exit 0 whatever the numbers
@@ -174,27 +174,25 @@ def playbook_run(inventory, ansible_playbook):
 
 
 def bench_method(method, sizes, reruns, workdir, ansible_playbook):
-    project_sets = {size: ids_for(size, index) for index, size in enumerate(sizes)}
-    inventories = {
-        size: write_inventory(os.path.join(workdir, method, str(size)), ids, method) for size, ids in project_sets.items()
-    }
-    converge = {}
-    for size in sizes:
+    """Each size from nothing: converge, then its no-change reruns (one server-wide config per node:
+    the sizes of the global method cannot be installed side by side, so none are)."""
+    converge, times = {}, {}
+    for index, size in enumerate(sizes):
+        inventory = write_inventory(os.path.join(workdir, method, str(size)), ids_for(size, index), method)
         reset_node()
-        converge[size] = playbook_run(inventories[size], ansible_playbook)
-        print("  {:<6} converge {:>5} projects: {:7.1f} s, changed={}".format(method, size, *converge[size]), flush=True)
-    times = {size: [] for size in sizes}
-    sent_before = sets_sent()
-    for turn in range(reruns):
-        for size in sizes:
-            elapsed, changed = playbook_run(inventories[size], ansible_playbook)
+        converge[size] = playbook_run(inventory, ansible_playbook)
+        sent = sets_sent()
+        times[size] = []
+        for _ in range(reruns):
+            elapsed, changed = playbook_run(inventory, ansible_playbook)
             if changed != 0:
                 sys.exit("bench: the {} rerun of {} projects changed {} task(s): not idempotent".format(method, size, changed))
             times[size].append(elapsed)
-        print("  {:<6} rerun turn {}/{}: {}".format(
-            method, turn + 1, reruns, ", ".join("{}: {:.1f} s".format(s, times[s][-1]) for s in sizes)), flush=True)
-    if sets_sent() != sent_before:
-        sys.exit("bench: a {} rerun ran `gitaly hooks set` {} time(s)".format(method, sets_sent() - sent_before))
+        if sets_sent() != sent:
+            sys.exit("bench: a {} rerun of {} projects ran `gitaly hooks set` {} time(s)".format(method, size, sets_sent() - sent))
+        print("  {:<6} {:>5} projects: converge {:7.1f} s (changed={}), reruns {}".format(
+            method, size, converge[size][0], converge[size][1], ", ".join("{:.1f}".format(t) for t in times[size])),
+            flush=True)
     return converge, times
 
 

@@ -60,7 +60,9 @@ def docker(*args, capture=True):
         check=False,
     )
     if run.returncode != 0:
-        sys.exit("bench: docker {} failed: {}".format(" ".join(args[:2]), (run.stderr or "").strip()))
+        sys.exit(
+            "bench: docker {} failed: {}".format(" ".join(args[:2]), (run.stderr or "").strip())
+        )
     return run.stdout
 
 
@@ -69,7 +71,9 @@ def in_container(script):
 
 
 def start_node(all_ids):
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode:
+    if subprocess.run(
+        ["docker", "image", "inspect", IMAGE], capture_output=True, check=False
+    ).returncode:
         sys.exit("bench: no image {}: run `make image` first".format(IMAGE))
     remove_node()
     docker("run", "-d", "--name", CONTAINER, "--network", "none", IMAGE, "sleep", "infinity")
@@ -101,7 +105,12 @@ def write_inventory(directory, project_ids):
             "app_name": "P{}".format(project_id),
             "rules": [
                 {"tag": r"\Arelease-", "template_id": 32, "hosts": {"1": ["10.0.0.1", "10.0.0.2"]}},
-                {"tag": r"\Aqa-", "template_id": 33, "schedule": "new", "hosts": {"1": ["10.0.0.3"]}},
+                {
+                    "tag": r"\Aqa-",
+                    "template_id": 33,
+                    "schedule": "new",
+                    "hosts": {"1": ["10.0.0.3"]},
+                },
             ],
         }
         for project_id in project_ids
@@ -129,7 +138,12 @@ def playbook_run(inventory, ansible_playbook):
         ANSIBLE_STDOUT_CALLBACK="default",
         ANSIBLE_DISPLAY_SKIPPED_HOSTS="false",
     )
-    command = [ansible_playbook, "-i", inventory, os.path.join(ROOT, "playbooks", "deploy-hooks.yml")]
+    command = [
+        ansible_playbook,
+        "-i",
+        inventory,
+        os.path.join(ROOT, "playbooks", "deploy-hooks.yml"),
+    ]
     started = time.perf_counter()
     run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
@@ -138,41 +152,76 @@ def playbook_run(inventory, ansible_playbook):
         sys.exit("bench: ansible-playbook failed ({})".format(inventory))
     recap = [line for line in run.stdout.splitlines() if line.startswith(CONTAINER + " ")]
     changed = int(recap[-1].split("changed=")[1].split()[0]) if recap else -1
-    return elapsed, changed
+    return elapsed, changed, changed_tasks(run.stdout)
+
+
+def changed_tasks(output):
+    """The names of the tasks that reported a change, from the default callback's output."""
+    names, task = [], None
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line[len("TASK [") :].split("]")[0]
+        elif line.startswith("changed:") and task and task not in names:
+            names.append(task)
+    return names
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="1,50,200", help="project counts (default: 1,50,200)")
-    parser.add_argument("--reruns", type=int, default=5, help="no-change reruns of each size (default: 5)")
-    parser.add_argument("--keep", action="store_true", help="leave the container codo-bench-node running")
-    parser.add_argument("--strict", action="store_true", help="exit 1 if the rerun target is missed")
+    parser.add_argument(
+        "--reruns", type=int, default=5, help="no-change reruns of each size (default: 5)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the container codo-bench-node running"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 if the rerun target is missed"
+    )
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
-    ansible_playbook = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which(
-        "ansible-playbook"
-    )
+    ansible_playbook = shutil.which(
+        "ansible-playbook", path=os.path.dirname(sys.executable)
+    ) or shutil.which("ansible-playbook")
     if not ansible_playbook:
         sys.exit("bench: no ansible-playbook: run it with .venv/bin/python (make venv)")
     project_sets = {size: ids_for(size, index) for index, size in enumerate(sizes)}
     workdir = tempfile.mkdtemp(prefix="codo-bench-")
-    print("bench: {} ({}), node {} from {}".format(ansible_playbook, _version(ansible_playbook), CONTAINER, IMAGE))
+    print(
+        "bench: {} ({}), node {} from {}".format(
+            ansible_playbook, _version(ansible_playbook), CONTAINER, IMAGE
+        )
+    )
     try:
         start_node([project_id for ids in project_sets.values() for project_id in ids])
-        inventories = {size: write_inventory(os.path.join(workdir, str(size)), ids) for size, ids in project_sets.items()}
+        inventories = {
+            size: write_inventory(os.path.join(workdir, str(size)), ids)
+            for size, ids in project_sets.items()
+        }
         converge = {}
         for size in sizes:
             in_container("rm -rf " + " ".join(SERVER_WIDE))
-            converge[size] = playbook_run(inventories[size], ansible_playbook)
-            print("  converge {:>4} projects: {:6.1f} s, changed={}".format(size, *converge[size]), flush=True)
+            converge[size] = playbook_run(inventories[size], ansible_playbook)[:2]
+            print(
+                "  converge {:>4} projects: {:6.1f} s, changed={}".format(size, *converge[size]),
+                flush=True,
+            )
         reruns = {size: [] for size in sizes}
         for turn in range(args.reruns):
             for size in sizes:
-                elapsed, changed = playbook_run(inventories[size], ansible_playbook)
+                elapsed, changed, tasks = playbook_run(inventories[size], ansible_playbook)
                 if changed != 0:
-                    sys.exit("bench: the rerun of {} projects changed {} task(s): not idempotent".format(size, changed))
+                    sys.exit(
+                        "bench: the rerun of {} projects changed {} task(s): {} (not idempotent, or files/"
+                        " changed during the bench)".format(size, changed, "; ".join(tasks))
+                    )
                 reruns[size].append(elapsed)
-            print("  rerun turn {}/{}: {}".format(turn + 1, args.reruns, _times(sizes, reruns)), flush=True)
+            print(
+                "  rerun turn {}/{}: {}".format(turn + 1, args.reruns, _times(sizes, reruns)),
+                flush=True,
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if not args.keep:
@@ -183,7 +232,11 @@ def main(argv=None):
 def report(sizes, converge, reruns, strict):
     base_converge, base_rerun = converge[sizes[0]][0], min(reruns[sizes[0]])
     print()
-    print("| projects | converge s | x converge({}) | rerun s (min) | rerun s (median) | x rerun({}) |".format(sizes[0], sizes[0]))
+    print(
+        "| projects | converge s | x converge({}) | rerun s (min) | rerun s (median) | x rerun({}) |".format(
+            sizes[0], sizes[0]
+        )
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
         best = min(reruns[size])
@@ -214,7 +267,9 @@ def _times(sizes, reruns):
 
 
 def _version(ansible_playbook):
-    run = subprocess.run([ansible_playbook, "--version"], capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [ansible_playbook, "--version"], capture_output=True, text=True, check=False
+    )
     return run.stdout.splitlines()[0] if run.stdout else "?"
 
 

@@ -228,3 +228,59 @@ def test_standalone_server_serves_the_projects_it_is_given(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# --- repository storage (issue 5: projects given by path only) -------------------------------
+
+
+def test_storage_tells_the_hashed_disk_path_and_the_storage(gitlab):
+    status, _, body = call(gitlab.url + "/api/v4/projects/ops%2Fdbtt/storage")
+    assert status == 200
+    assert body == {
+        "project_id": 1,
+        "disk_path": "@hashed/6b/86/6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b",
+        "created_at": "2019-03-20T10:00:00.000Z",
+        "repository_storage": "default",
+    }
+
+
+def test_storage_of_a_legacy_project_is_its_path_on_its_storage(gitlab):
+    gitlab.state.add_project(3, "legacy/app", storage="storage-2", legacy=True)
+    _, _, body = call(gitlab.url + "/api/v4/projects/3/storage")
+    assert (body["disk_path"], body["repository_storage"]) == ("legacy/app", "storage-2")
+
+
+def test_storage_is_for_administrators_only():
+    server = FakeGitLab(token=TOKEN, user_token="glpat-not-admin").start()
+    try:
+        status, _, body = call(server.url + "/api/v4/projects/1/storage", token="glpat-not-admin")
+        assert (status, body) == (403, {"message": "403 Forbidden"})
+        assert call(server.url + "/api/v4/projects/1", token="glpat-not-admin")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_storage_of_an_unknown_project_is_404(gitlab):
+    status, _, body = call(gitlab.url + "/api/v4/projects/ops%2Fnope/storage")
+    assert (status, body) == (404, {"message": "404 Project Not Found"})
+
+
+def test_standalone_server_takes_legacy_projects_and_storages(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, FAKE, "--port", str(port), "--token-file", str(token_file), "--project", "7:group/app",
+         "--project", "8:old/app", "--legacy", "8", "--storage", "8:storage-2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        process.stdout.readline()
+        _, _, hashed = call(f"http://127.0.0.1:{port}/api/v4/projects/group%2Fapp/storage")
+        _, _, legacy = call(f"http://127.0.0.1:{port}/api/v4/projects/old%2Fapp/storage")
+        assert hashed["disk_path"].startswith("@hashed/") and hashed["repository_storage"] == "default"
+        assert (legacy["disk_path"], legacy["repository_storage"]) == ("old/app", "storage-2")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -14,6 +14,10 @@ What it answers, the way GitLab (API v4) answers it:
   project: that deploy key is joined to this project, as GitLab does;
 - ``PUT /api/v4/projects/:id/deploy_keys/:key_id`` (``title``, ``can_push``): 200;
 - ``DELETE /api/v4/projects/:id/deploy_keys/:key_id``: 204; a key left on no project is deleted.
+- ``GET /api/v4/projects/:id/storage`` (administrators only: a token given as ``user_token`` gets 403
+  ``{"message": "403 Forbidden"}``): ``project_id``, ``disk_path`` (no ``.git``: hashed storage
+  ``@hashed/ab/cd/<sha256 of the id>``, or ``namespace/name`` for a project in legacy storage),
+  ``created_at`` and ``repository_storage``.
 
 For tests: ``GET /_fake/requests`` lists what was asked (method, path, whether a token came; never the
 token), and with ``authorized_keys_file`` every change rewrites that file with one line per deploy key,
@@ -22,7 +26,7 @@ so an sshd beside it lets exactly the registered keys clone, as gitlab-shell doe
 Importable (``FakeGitLab(token=...).start()``) or standalone::
 
     python3 tests/fakes/fake_gitlab.py --port 18182 --token-file TOKEN --project 1:ops/dbtt \
-        [--authorized-keys-file PATH] [--pid-file PATH]
+        [--legacy 1] [--storage 1:storage-2] [--authorized-keys-file PATH] [--pid-file PATH]
 """
 
 import argparse
@@ -87,6 +91,7 @@ class GitLabState:
     def __init__(self, projects, authorized_keys_file=None):
         self.lock = threading.Lock()
         self.projects = {}
+        self.storages = {}
         for project_id, path in (projects or {}).items():
             self.add_project(int(project_id), path)
         self.keys = {}
@@ -96,8 +101,15 @@ class GitLabState:
         self.authorized_keys_file = authorized_keys_file
         self.write_authorized_keys()
 
-    def add_project(self, project_id, path):
+    def add_project(self, project_id, path, storage="default", legacy=False):
         namespace, _, name = path.rpartition("/")
+        digest = hashlib.sha256(str(project_id).encode()).hexdigest()
+        self.storages[project_id] = {
+            "project_id": project_id,
+            "disk_path": path if legacy else f"@hashed/{digest[:2]}/{digest[2:4]}/{digest}",
+            "created_at": "2019-03-20T10:00:00.000Z",
+            "repository_storage": storage,
+        }
         self.projects[project_id] = {
             "id": project_id,
             "name": name,
@@ -226,8 +238,9 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, list(self.state.requests))
         if not url.path.startswith(API + "/"):
             return self.reply(404, {"error": "404 Not Found"})
-        if token is None or token != self.server.token:
+        if token is None or token not in (self.server.token, self.server.user_token):
             return self.reply(401, {"message": "401 Unauthorized"})
+        self.admin = token == self.server.token
         # Split before unquoting: a project path arrives as ops%2Fdbtt.
         parts = [urllib.parse.unquote(part) for part in url.path[len(API) + 1 :].split("/")]
         query = {name: values[-1] for name, values in urllib.parse.parse_qs(url.query).items()}
@@ -265,6 +278,12 @@ class Handler(BaseHTTPRequestHandler):
             if method != "GET":
                 return self.reply(405, {"error": "405 Method Not Allowed"})
             return self.reply(200, project)
+        if rest == ["storage"]:
+            if method != "GET":
+                return self.reply(405, {"error": "405 Method Not Allowed"})
+            if not self.admin:
+                return self.reply(403, {"message": "403 Forbidden"})
+            return self.reply(200, self.state.storages[project["id"]])
         if rest[0] != "deploy_keys" or len(rest) > 2:
             return self.reply(404, {"error": "404 Not Found"})
         if len(rest) == 1:
@@ -314,7 +333,7 @@ class Handler(BaseHTTPRequestHandler):
 class FakeGitLab:
     """The fake GitLab API in a thread: ``start()``, ``url``, ``stop()``; state readable for asserts."""
 
-    def __init__(self, token, projects=None, port=0, authorized_keys_file=None):
+    def __init__(self, token, projects=None, port=0, authorized_keys_file=None, user_token=None):
         self.token = token
         self.state = GitLabState(
             projects if projects is not None else {1: "ops/dbtt"}, authorized_keys_file
@@ -323,6 +342,7 @@ class FakeGitLab:
         self.httpd.daemon_threads = True
         self.httpd.state = self.state
         self.httpd.token = token
+        self.httpd.user_token = user_token
         self.thread = None
 
     @property
@@ -367,6 +387,13 @@ def project_argument(text):
     return int(match.group(1)), match.group(2)
 
 
+def storage_argument(text):
+    match = re.fullmatch(r"(\d+):([\w.-]+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected ID:STORAGE, got {text!r}")
+    return int(match.group(1)), match.group(2)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Fake GitLab deploy-keys API on 127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -380,6 +407,12 @@ def main(argv=None):
         "--authorized-keys-file", help="rewrite this file with every deploy key, as gitlab-shell"
     )
     parser.add_argument("--pid-file", help="write this process's id here")
+    parser.add_argument(
+        "--legacy", type=int, action="append", default=[], help="ID: this project is in legacy storage"
+    )
+    parser.add_argument(
+        "--storage", type=storage_argument, action="append", default=[], help="ID:STORAGE (default: default)"
+    )
     args = parser.parse_args(argv)
     with open(args.token_file, encoding="utf-8") as handle:
         token = handle.read().strip()
@@ -390,6 +423,14 @@ def main(argv=None):
         port=args.port,
         authorized_keys_file=args.authorized_keys_file,
     )
+    storages = dict(args.storage)
+    for project_id, project in list(server.state.projects.items()):
+        server.state.add_project(
+            project_id,
+            project["path_with_namespace"],
+            storage=storages.get(project_id, "default"),
+            legacy=project_id in args.legacy,
+        )
     if args.pid_file:
         with open(args.pid_file, "w", encoding="utf-8") as handle:
             handle.write(f"{os.getpid()}\n")
