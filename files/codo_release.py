@@ -792,6 +792,11 @@ def read_auth_key(codo):
     return key
 
 
+def say_submitted(codo, tag, task_id):
+    link = task_link(codo, task_id)
+    say("{} submitted as task {}{}".format(shown(tag), task_id, ": " + link if link else ""))
+
+
 def task_link(codo, task_id):
     if not codo["task_link"] or task_id is None:
         return ""
@@ -993,11 +998,12 @@ class DownMarker:
 # ---------------------------------------------------------------------------
 
 
-def log_event(state_dir, max_bytes, **event):
-    """Append one JSON line to <state_dir>/hook.log; the file is rotated once it grows past max_bytes."""
+def log_event(config, **event):
+    """Append one JSON line to <state_dir>/hook.log; the file is rotated once it grows past log_max_bytes."""
     import json
 
-    path = os.path.join(state_dir, "hook.log")
+    max_bytes = config.top["log_max_bytes"]
+    path = os.path.join(config.state_dir, "hook.log")
     event = dict(event, time=_now_text())
     line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
     try:
@@ -1104,8 +1110,7 @@ def report_refusal(config, project, push, update, decision):
     else:
         refuse_line(f"push refused: {decision.reason}")
     log_event(
-        config.state_dir,
-        config.top["log_max_bytes"],
+        config,
         project=project.path,
         ref=update.ref,
         stage=push.stage,
@@ -1149,8 +1154,7 @@ class Sender:
         claim.entry["attempts"] += 1
         outcome = self._settle(claim, update, result)
         log_event(
-            self.config.state_dir,
-            self.config.top["log_max_bytes"],
+            self.config,
             project=self.project.path,
             ref=update.ref,
             stage=self.push.stage,
@@ -1187,8 +1191,7 @@ class Sender:
         tag = shown(update.tag)
         if result.outcome == SENT:
             claim.settle(SENT, task_id=result.task_id, last_error=None)
-            link = task_link(self.config.codo, result.task_id)
-            say("{} submitted as task {}{}".format(tag, result.task_id, ": " + link if link else ""))
+            say_submitted(self.config.codo, update.tag, result.task_id)
             return SENT
         if result.outcome == SKIPPED:
             claim.settle(SENT, last_error=None, skipped=result.detail)
@@ -1427,13 +1430,11 @@ def resend(claim):
     claim.settle(outcome, last_error=None if outcome == SENT else result.detail, task_id=result.task_id)
     if result.outcome == SENT:
         DownMarker(config.state_dir, 0).clear()
-        link = task_link(config.codo, result.task_id)
-        say("{} submitted as task {}{}".format(shown(update.tag), result.task_id, ": " + link if link else ""))
+        say_submitted(config.codo, update.tag, result.task_id)
     else:
         say(f"{shown(update.tag)} {result.outcome}: {result.detail}")
     log_event(
-        config.state_dir,
-        config.top["log_max_bytes"],
+        config,
         project=project.path,
         ref=update.ref,
         stage="flush",
