@@ -58,13 +58,22 @@ def unlisted_project(config):
         return False
 
 
+def linked_in_project(config, stage):
+    """Server-wide install (an index beside the config) while the project still links the hook: that one submits."""
+    own_dir = os.path.abspath("custom_hooks")  # Gitaly runs hooks in the repository directory
+    if os.path.dirname(os.path.abspath(config)) == own_dir:
+        return False
+    own_link = os.path.join(own_dir, stage + ".d", "codo-release")
+    return os.path.exists(os.path.splitext(config)[0] + ".projects") and os.path.lexists(own_link)
+
+
 def main():
     stage = os.environ.get("CODO_HOOK_STAGE") or invoked_stage(sys.argv[0])
     config = config_path(sys.argv[0])
     updates = None
     if stage in HOOK_STAGES:
         updates = tag_updates(stage, sys.argv)
-        if not updates or unlisted_project(config):
+        if not updates or unlisted_project(config) or linked_in_project(config, stage):
             return 0
     sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
     import codo_release

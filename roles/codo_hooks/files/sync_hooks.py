@@ -13,21 +13,50 @@ a module round trip per item and task, 6 per project at first install, and GitLa
 servers carry hundreds of hooked projects. Here a rerun that changes nothing costs
 one round trip whatever the number of projects, and a first install two.
 
-It touches only the paths it owns in each project's custom_hooks: the chain
-directories, the `<stage>.d/codo-release` links and `codo-release.json`. A link is
-removed only when it points at the installed hook; a directory only when empty.
+The install methods (codo_hooks_install_method) differ only in where the wanted
+entries go and who writes them:
+
+  files   each project's custom_hooks/, written here directly;
+  gitaly  each project's custom_hooks/, sent with `gitaly hooks set` as the git
+          user: a copy of the project's whole hook set with our entries changed,
+          archived with custom_hooks/ at its root (checked with `tar -tf`), and
+          compared with what Gitaly left once sent. Only projects that differ are
+          sent, and only those in a storage this node's Gitaly has;
+  global  Gitaly's custom_hooks_dir: one link per stage, one config holding every
+          project and an index of their paths; our entries leave the projects.
+
+It touches only the paths it owns: the chain directories, the `<stage>.d/codo-release`
+links, `codo-release.json` and `codo-release.projects`. A link is removed only when
+it points at the installed hook; a directory only when empty.
 Python 3.6+, standard library only.
 """
 
 import difflib
 import grp
+import hashlib
 import json
 import os
 import pwd
+import re
+import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+
+SERVER_WIDE = "(server-wide)"
+GITALY_TIMEOUT_S = 300
+
+
+class Problem(Exception):
+    """Why nothing can be done on this node, in one line that says what to change."""
+
+
+class Refused(Exception):
+    """Why apply stopped; what was done before it is in the report."""
+
+
+# --- reading the node ---------------------------------------------------------
 
 
 def lstat(path):
@@ -49,6 +78,11 @@ def kind(st):
     return "other"
 
 
+def permissions(st):
+    """rwx for user, group and others: a set-group-id storage (Omnibus' 2770) passes its bit on."""
+    return stat.S_IMODE(st.st_mode) & 0o777
+
+
 def read_text(path):
     try:
         with open(path, encoding="utf-8") as handle:
@@ -59,6 +93,41 @@ def read_text(path):
 
 def config_text(config):
     return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+
+
+TOML_TABLE = re.compile(r"^\s*(\[\[?)\s*([\w.-]+)\s*\]\]?\s*(#.*)?$")
+TOML_STRING = re.compile(r"""^\s*([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(#.*)?$""")
+
+
+def gitaly_settings(path):
+    """The `[[storage]]` names and paths and `[hooks] custom_hooks_dir` of Gitaly's config.toml.
+
+    Reads just those string keys (Python 3.6 has no TOML reader); everything else is skipped.
+    """
+    text = read_text(path)
+    if text is None:
+        raise Problem(
+            "cannot read Gitaly's config {}: is this a Gitaly node? Set codo_hooks_gitaly_config "
+            "to its config.toml".format(path)
+        )
+    storages, hooks_dir, table, entry = {}, None, None, {}
+    for line in text.splitlines():
+        header = TOML_TABLE.match(line)
+        if header:
+            table, entry = header.group(2), {}
+            if table == "storage" and header.group(1) == "[[":
+                storages[len(storages)] = entry
+            continue
+        pair = TOML_STRING.match(line)
+        if not pair:
+            continue
+        value = pair.group(3) if pair.group(2) is None else pair.group(2).replace("\\\\", "\\")
+        if table == "storage":
+            entry[pair.group(1)] = value
+        elif table == "hooks" and pair.group(1) == "custom_hooks_dir":
+            hooks_dir = value
+    named = {s["name"]: s["path"] for s in storages.values() if "name" in s and "path" in s}
+    return named, hooks_dir
 
 
 class Owner:
@@ -72,16 +141,169 @@ class Owner:
     def differs(self, st, mode=None):
         if (st.st_uid, st.st_gid) != (self.uid, self.gid):
             return True
-        return mode is not None and stat.S_IMODE(st.st_mode) != mode
+        return mode is not None and permissions(st) != mode
+
+    def become(self):
+        """For subprocess' preexec_fn: run the child as this user, with its groups."""
+        os.initgroups(self.user, self.gid)
+        os.setgid(self.gid)
+        os.setuid(self.uid)
+
+
+# --- what is wanted where -------------------------------------------------------
+
+
+class Target:
+    """One custom_hooks directory, the entries we want in it and who owns them."""
+
+    def __init__(self, path, hooks_dir, state, stages, files, **how):
+        self.path = path  # the project's path, or SERVER_WIDE
+        self.hooks_dir = hooks_dir
+        self.state = state
+        self.stages = stages
+        self.files = files  # name -> wanted text; with state absent, the names to remove
+        self.dir_owner = how["dir_owner"]
+        self.file_owner = how["file_owner"]
+        self.must_exist = how.get("must_exist", os.path.dirname(hooks_dir))
+        self.manage_top = how.get("manage_top", True)  # fix the top directory's owner and mode
+        self.keep_top = how.get("keep_top", False)  # never remove the top directory
+        self.storage = how.get("storage")
+        self.relative = how.get("relative")
+        self.how = how
+
+    def moved(self, hooks_dir, must_exist):
+        """The same wants in another directory (a staging copy)."""
+        how = dict(self.how, must_exist=must_exist)
+        return Target(self.path, hooks_dir, self.state, self.stages, self.files, **how)
+
+
+class Node:
+    """This node's Gitaly settings, owners and method: which Targets the projects make."""
+
+    def __init__(self, want):
+        self.want = want
+        self.method = want["method"]
+        self.git = Owner(want["git_user"], want["git_group"])
+        self.root = Owner(want["file_owner"], want["git_group"])
+        self.storages, self.global_dir = {}, want["global_dir"] or None
+        gitaly_config = want["gitaly"]["config"]
+        if self.method == "files":
+            if os.path.exists(gitaly_config):  # only to clean up a server-wide install
+                self.global_dir = gitaly_settings(gitaly_config)[1] or self.global_dir
+            return
+        self.storages, found = gitaly_settings(gitaly_config)
+        if self.method == "global":
+            self.global_dir = self.check_global_dir(found, gitaly_config)
+        else:
+            self.global_dir = found or self.global_dir
+
+    def check_global_dir(self, found, gitaly_config):
+        wanted = self.want["global_dir"]
+        if not found:
+            raise Problem(
+                "Gitaly's config {} sets no custom_hooks_dir, which the global method needs: set "
+                "gitaly['configuration'] = {{ hooks: {{ custom_hooks_dir: '{}' }} }} in "
+                "/etc/gitlab/gitlab.rb and run gitlab-ctl reconfigure".format(
+                    gitaly_config, wanted or "/var/opt/gitlab/gitaly/custom_hooks"
+                )
+            )
+        if wanted and os.path.normpath(wanted) != os.path.normpath(found):
+            raise Problem(
+                "codo_hooks_global_dir is {} but Gitaly's custom_hooks_dir is {} ({}): make them "
+                "the same, or leave codo_hooks_global_dir empty to use Gitaly's".format(
+                    wanted, found, gitaly_config
+                )
+            )
+        return found
+
+    def repository(self, project):
+        """(storage path or None when not on this node, relative path) of a project's repository."""
+        storage = project.get("storage") or self.want["gitaly"]["storage"]
+        root = self.want["repositories_root"]
+        if self.method == "gitaly":
+            root = self.storages.get(storage)
+        elif self.method == "global":
+            root = self.storages.get(storage, root)
+        return root, storage
+
+    def targets(self):
+        """The Targets of every project on this node, and the paths of those elsewhere."""
+        targets, elsewhere = [], []
+        for project in self.want["projects"]:
+            if project["repo"] is None:  # by path only, not looked up (global method)
+                continue
+            root, storage = self.repository(project)
+            if root is None:
+                elsewhere.append(project["path"])
+                continue
+            targets.append(self.project_target(project, root, storage))
+        server = [t for t in [self.server_wide()] if t]
+        # Never a moment with no hook: the new place is filled before the old is emptied.
+        # (The hook run server-wide steps aside for a project that still links it itself.)
+        if self.method == "global":
+            return server + targets, elsewhere
+        return targets + server, elsewhere
+
+    def project_target(self, project, root, storage):
+        repo = os.path.join(root, project["repo"])
+        state = "absent" if self.method == "global" else project["state"]
+        through_gitaly = self.method == "gitaly"
+        return Target(
+            project["path"],
+            os.path.join(repo, "custom_hooks"),
+            state,
+            project["stages"],
+            {self.want["config_name"]: config_text(project["config"])},
+            dir_owner=self.git,
+            file_owner=self.git if through_gitaly else self.root,
+            keep_top=through_gitaly,
+            storage=storage,
+            relative=project["repo"],
+        )
+
+    def server_wide(self):
+        """Gitaly's custom_hooks_dir: everything with the global method, to clean up without it."""
+        if not self.global_dir:
+            return None
+        present = [p for p in self.want["projects"] if p["state"] == "present"]
+        names = [self.want["config_name"], self.want["index_name"]]
+        files = dict.fromkeys(names, "")
+        state = "absent"
+        if self.method == "global" and present:
+            state, files = "present", self.server_wide_files(present)
+        elif kind(lstat(self.global_dir)) != "directory":
+            return None
+        return Target(
+            SERVER_WIDE,
+            self.global_dir,
+            state,
+            self.want["stages"],
+            files,
+            dir_owner=self.root,
+            file_owner=self.root,
+            manage_top=False,
+            keep_top=True,
+        )
+
+    def server_wide_files(self, present):
+        config = dict(present[0]["config"], projects={})
+        for project in present:
+            config["projects"].update(project["config"]["projects"])
+        index = "".join(path + "\n" for path in sorted(config["projects"]))
+        return {self.want["config_name"]: config_text(config), self.want["index_name"]: index}
+
+
+# --- what differs -----------------------------------------------------------------
 
 
 class Plan:
+    """The changes that bring Targets to what is wanted; read-only."""
+
     def __init__(self, want):
         self.want = want
         self.dir_mode = int(want["dir_mode"], 8)
         self.config_mode = int(want["config_mode"], 8)
-        self.dir_owner = Owner(want["git_user"], want["git_group"])
-        self.file_owner = Owner(want["file_owner"], want["file_group"])
+        self.owners = {}  # path to create, fix or link -> Owner
         self.missing_repos = []
         self.conflicts = []
         self.dirs = []
@@ -92,6 +314,20 @@ class Plan:
 
     def changes(self):
         return self.dirs or self.links or self.configs or self.remove_files or self.remove_dirs
+
+    def merge(self, other):
+        self.owners.update(other.owners)
+        for name in (
+            "missing_repos",
+            "conflicts",
+            "dirs",
+            "links",
+            "configs",
+            "remove_files",
+            "remove_dirs",
+        ):
+            getattr(self, name).extend(getattr(other, name))
+        return self
 
     def as_dict(self):
         return {
@@ -104,65 +340,86 @@ class Plan:
             "remove_dirs": self.remove_dirs,
         }
 
-    def conflict(self, project, path, found, wanted):
-        self.conflicts.append({"path": project["path"], "file": path, "is": found, "want": wanted})
+    def lines(self):
+        return (
+            ["create or fix " + d for d in self.dirs]
+            + ["link " + link for link in self.links]
+            + ["write " + c["dest"] for c in self.configs]
+            + ["remove " + f for f in self.remove_files]
+            + ["remove if empty " + d for d in self.remove_dirs]
+        )
+
+    def conflict(self, target, path, found, wanted):
+        self.conflicts.append({"path": target.path, "file": path, "is": found, "want": wanted})
 
     def is_our_link(self, path):
         return kind(lstat(path)) == "link" and os.readlink(path) == self.want["hook"]
 
-    def add(self, project):
-        repo = project["repo"]
-        hooks_dir = os.path.join(repo, "custom_hooks")
-        if kind(lstat(repo)) != "directory":
-            if project["state"] == "present":
-                self.missing_repos.append({"path": project["path"], "repo": repo})
-            return
-        if project["state"] == "present":
-            self.install(project, hooks_dir)
-            unused = [stage for stage in self.want["all_stages"] if stage not in project["stages"]]
+    def add(self, target):
+        hooks_dir = target.hooks_dir
+        if kind(lstat(target.must_exist)) != "directory":
+            if target.state == "present":
+                self.missing_repos.append({"path": target.path, "repo": target.must_exist})
+            return self
+        if target.state == "present":
+            self.install(target)
+            unused = [stage for stage in self.want["all_stages"] if stage not in target.stages]
             self.remove_links(hooks_dir, unused)
-            return
+            return self
         removed = self.remove_links(hooks_dir, self.want["all_stages"])
-        config = os.path.join(hooks_dir, self.want["config_name"])
-        if kind(lstat(config)) == "file":
-            self.remove_files.append(config)
-            removed.add(config)
-        if kind(lstat(hooks_dir)) == "directory" and empty_after(hooks_dir, removed):
+        for name in target.files:
+            path = os.path.join(hooks_dir, name)
+            if kind(lstat(path)) == "file":
+                self.remove_files.append(path)
+                removed.add(path)
+        top = kind(lstat(hooks_dir)) == "directory"
+        if top and not target.keep_top and empty_after(hooks_dir, removed):
             self.remove_dirs.append(hooks_dir)
+        return self
 
-    def install(self, project, hooks_dir):
-        chains = [os.path.join(hooks_dir, stage + ".d") for stage in project["stages"]]
+    def install(self, target):
+        hooks_dir = target.hooks_dir
+        chains = [os.path.join(hooks_dir, stage + ".d") for stage in target.stages]
         for directory in [hooks_dir] + chains:
             st = lstat(directory)
+            fix = directory != hooks_dir or target.manage_top
             if st is None or (
-                kind(st) == "directory" and self.dir_owner.differs(st, self.dir_mode)
+                fix and kind(st) == "directory" and target.dir_owner.differs(st, self.dir_mode)
             ):
                 self.dirs.append(directory)
+                self.owners[directory] = target.dir_owner
             elif kind(st) != "directory":
-                self.conflict(project, directory, kind(st), "directory")
+                self.conflict(target, directory, kind(st), "directory")
         for chain in chains:
             link = os.path.join(chain, self.want["link_name"])
             st = lstat(link)
             if st is None:
                 self.links.append(link)
             elif kind(st) != "link":
-                self.conflict(project, link, kind(st), "link to " + self.want["hook"])
-            elif os.readlink(link) != self.want["hook"] or self.file_owner.differs(st):
+                self.conflict(target, link, kind(st), "link to " + self.want["hook"])
+            elif os.readlink(link) != self.want["hook"] or target.file_owner.differs(st):
                 self.links.append(link)
-        config = os.path.join(hooks_dir, self.want["config_name"])
-        st = lstat(config)
-        wanted = config_text(project["config"])
+            self.owners[link] = target.file_owner
+        for name, wanted in sorted(target.files.items()):
+            self.file(target, os.path.join(hooks_dir, name), wanted)
+
+    def file(self, target, path, wanted):
+        st = lstat(path)
         if st is not None and kind(st) != "file":
-            self.conflict(project, config, kind(st), "file")
-        elif (
-            st is None
-            or read_text(config) != wanted
-            or self.file_owner.differs(st, self.config_mode)
-        ):
-            before = "" if st is None else (read_text(config) or "")
+            self.conflict(target, path, kind(st), "file")
+            return
+        before = "" if st is None else (read_text(path) or "")
+        if st is None or before != wanted or target.file_owner.differs(st, self.config_mode):
             self.configs.append(
-                {"path": project["path"], "dest": config, "before": before, "after": wanted}
+                {
+                    "path": target.path,
+                    "dest": path,
+                    "before": before,
+                    "after": wanted,
+                    "json": path.endswith(".json"),
+                }
             )
+            self.owners[path] = target.file_owner
 
     def remove_links(self, hooks_dir, stages):
         """Our links in these stages, and their chain directories when that leaves them empty."""
@@ -187,96 +444,6 @@ def empty_after(directory, removed):
     return all(os.path.join(directory, entry) in removed for entry in entries)
 
 
-class Applier:
-    """Makes the plan's changes; each file appears whole (written aside, then renamed)."""
-
-    def __init__(self, plan):
-        self.plan = plan
-        self.done = []
-
-    def run(self):
-        self.validate_configs()
-        for directory in self.plan.dirs:
-            self.directory(directory)
-        for link in self.plan.links:
-            self.link(link)
-        for config in self.plan.configs:
-            self.config(config)
-        for path in self.plan.remove_files:
-            os.unlink(path)
-            self.done.append("removed " + path)
-        for directory in self.plan.remove_dirs:
-            try:
-                os.rmdir(directory)
-                self.done.append("removed " + directory)
-            except OSError as error:  # something new appeared in it: keep it
-                self.done.append("kept {} ({})".format(directory, error.strerror))
-
-    def validate_configs(self):
-        """The hook's own check-config over every config about to be written, in one run."""
-        if not self.plan.configs:
-            return
-        combined = None
-        for config in self.plan.configs:
-            parsed = json.loads(config["after"])
-            if combined is None:
-                combined = parsed
-            else:
-                combined["projects"].update(parsed["projects"])
-        with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as handle:
-            handle.write(config_text(combined))
-            handle.flush()
-            check = subprocess.run(
-                [self.plan.want["hook"], "check-config", handle.name],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                universal_newlines=True,
-            )
-        if check.returncode != 0:
-            raise Refused(
-                "the hook's check-config refused the configs; nothing was changed:\n" + check.stdout
-            )
-
-    def directory(self, path):
-        if lstat(path) is None:
-            os.mkdir(path, self.plan.dir_mode)
-            self.done.append("created " + path)
-        else:
-            self.done.append("fixed owner/mode of " + path)
-        os.chown(path, self.plan.dir_owner.uid, self.plan.dir_owner.gid)
-        os.chmod(path, self.plan.dir_mode)
-
-    def link(self, path):
-        aside = os.path.join(
-            os.path.dirname(path), ".{}.codo-hooks-{}".format(os.path.basename(path), os.getpid())
-        )
-        os.symlink(self.plan.want["hook"], aside)
-        os.lchown(aside, self.plan.file_owner.uid, self.plan.file_owner.gid)
-        os.rename(aside, path)
-        self.done.append("linked {} -> {}".format(path, self.plan.want["hook"]))
-
-    def config(self, config):
-        path = config["dest"]
-        fd, aside = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".codo-release.json.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(config["after"])
-                handle.flush()
-                os.fchown(handle.fileno(), self.plan.file_owner.uid, self.plan.file_owner.gid)
-                os.fchmod(handle.fileno(), self.plan.config_mode)
-                os.fsync(handle.fileno())
-            os.rename(aside, path)
-        except BaseException:
-            if os.path.lexists(aside):
-                os.unlink(aside)
-            raise
-        self.done.append("wrote " + path)
-
-
-class Refused(Exception):
-    pass
-
-
 def config_diffs(plan):
     return [
         "".join(
@@ -292,36 +459,265 @@ def config_diffs(plan):
     ]
 
 
+# --- making the changes --------------------------------------------------------------
+
+
+def check_configs(hook, configs):
+    """The hook's own check-config over every config about to be written, in one run."""
+    combined = None
+    for config in configs:
+        if not config["json"]:
+            continue
+        parsed = json.loads(config["after"])
+        if combined is None:
+            combined = parsed
+        else:
+            combined["projects"].update(parsed["projects"])
+    if combined is None:
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as handle:
+        handle.write(config_text(combined))
+        handle.flush()
+        check = subprocess.run(
+            [hook, "check-config", handle.name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
+    if check.returncode != 0:
+        raise Refused(
+            "the hook's check-config refused the configs; nothing was changed:\n" + check.stdout
+        )
+
+
+class Applier:
+    """Makes a plan's changes; each file appears whole (written aside, then renamed)."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.done = []
+
+    def run(self):
+        for directory in self.plan.dirs:
+            self.directory(directory)
+        for link in self.plan.links:
+            self.link(link)
+        for config in self.plan.configs:
+            self.config(config)
+        for path in self.plan.remove_files:
+            os.unlink(path)
+            self.done.append("removed " + path)
+        for directory in self.plan.remove_dirs:
+            try:
+                os.rmdir(directory)
+                self.done.append("removed " + directory)
+            except OSError as error:  # something new appeared in it: keep it
+                self.done.append("kept {} ({})".format(directory, error.strerror))
+        return self.done
+
+    def directory(self, path):
+        owner = self.plan.owners[path]
+        if lstat(path) is None:
+            os.mkdir(path, self.plan.dir_mode)
+            self.done.append("created " + path)
+        else:
+            self.done.append("fixed owner/mode of " + path)
+        os.chown(path, owner.uid, owner.gid)
+        os.chmod(path, self.plan.dir_mode)
+
+    def link(self, path):
+        owner = self.plan.owners[path]
+        hook = self.plan.want["hook"]
+        aside = os.path.join(
+            os.path.dirname(path), ".{}.codo-hooks-{}".format(os.path.basename(path), os.getpid())
+        )
+        os.symlink(hook, aside)
+        os.lchown(aside, owner.uid, owner.gid)
+        os.rename(aside, path)
+        self.done.append("linked {} -> {}".format(path, hook))
+
+    def config(self, config):
+        path = config["dest"]
+        owner = self.plan.owners[path]
+        fd, aside = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".codo-hooks.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(config["after"])
+                handle.flush()
+                os.fchown(handle.fileno(), owner.uid, owner.gid)
+                os.fchmod(handle.fileno(), self.plan.config_mode)
+                os.fsync(handle.fileno())
+            os.rename(aside, path)
+        except BaseException:
+            if os.path.lexists(aside):
+                os.unlink(aside)
+            raise
+        self.done.append("wrote " + path)
+
+
+# --- sending through gitaly hooks set -------------------------------------------------
+
+
+def manifest(top):
+    """Every entry under top: its type and mode, and a link's target or a file's digest."""
+    entries = {}
+    for directory, dirs, files in os.walk(top):
+        for name in [os.curdir] + dirs + files:
+            path = os.path.normpath(os.path.join(directory, name))
+            st = os.lstat(path)
+            what = (kind(st), permissions(st))
+            if kind(st) == "link":
+                what = ("link", os.readlink(path))
+            elif kind(st) == "file":
+                with open(path, "rb") as handle:
+                    what += (hashlib.sha256(handle.read()).hexdigest(),)
+            entries[os.path.relpath(path, top)] = what
+    return entries
+
+
+class GitalySender:
+    """Sends a project's whole hook set, our entries changed, with `gitaly hooks set`."""
+
+    def __init__(self, node):
+        self.node = node
+        self.gitaly = node.want["gitaly"]
+
+    def send(self, target, plan):
+        with tempfile.TemporaryDirectory(prefix="codo-hooks-") as work:
+            staged = os.path.join(work, "custom_hooks")
+            if kind(lstat(target.hooks_dir)) == "directory":
+                shutil.copytree(target.hooks_dir, staged, symlinks=True)
+            Applier(Plan(self.node.want).add(target.moved(staged, work))).run()
+            archive = self.archive(work, target)
+            self.hooks_set(target, archive)
+            self.check_result(target, staged)
+        return "sent {} ({}:{}) with gitaly hooks set: {}".format(
+            target.path, target.storage, target.relative, "; ".join(plan.lines())
+        )
+
+    def archive(self, work, target):
+        """custom_hooks.tar with custom_hooks/ at its root, or Refused: never a wiping archive."""
+        archive = os.path.join(work, "custom_hooks.tar")
+        subprocess.run(["tar", "-cf", archive, "-C", work, "custom_hooks"], check=True)
+        listing = subprocess.run(
+            ["tar", "-tf", archive], stdout=subprocess.PIPE, universal_newlines=True, check=True
+        ).stdout.splitlines()
+        stray = [entry for entry in listing if entry.split("/")[0] != "custom_hooks"]
+        if not listing or stray:
+            raise Refused(
+                "the archive for {} is not rooted at custom_hooks/ ({}): not sent, its hooks are "
+                "untouched".format(target.path, (stray or ["empty"])[0])
+            )
+        return archive
+
+    def hooks_set(self, target, archive):
+        argv = [self.gitaly["command"], "hooks", "set", "--storage", target.storage]
+        argv += ["--repository", target.relative, "--config", self.gitaly["config"]]
+        git = self.node.git
+        env = dict(os.environ, HOME=pwd.getpwnam(git.user).pw_dir)
+        try:
+            with open(archive, "rb") as stdin:
+                run = subprocess.run(
+                    argv,
+                    stdin=stdin,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    universal_newlines=True,
+                    preexec_fn=git.become,
+                    cwd="/",
+                    env=env,
+                    timeout=GITALY_TIMEOUT_S,
+                )
+        except FileNotFoundError:
+            raise Refused(
+                "no gitaly command at {}: set codo_hooks_gitaly_command".format(argv[0])
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise Refused(
+                "gitaly hooks set for {} took over {} s".format(target.path, GITALY_TIMEOUT_S)
+            ) from None
+        if run.returncode != 0:
+            said = (run.stdout.strip().splitlines() or ["no output"])[-1]
+            raise Refused(
+                "gitaly hooks set failed for {} ({}:{}): {}".format(
+                    target.path, target.storage, target.relative, said
+                )
+            )
+
+    def check_result(self, target, staged):
+        sent, now = manifest(staged), manifest(target.hooks_dir)
+        differ = sorted(name for name in set(sent) | set(now) if sent.get(name) != now.get(name))
+        if not differ:
+            differ = Plan(self.node.want).add(target).lines()
+        if differ:
+            raise Refused(
+                "gitaly hooks set did not leave {}'s custom_hooks as sent ({}); is "
+                "codo_hooks_git_user the user Gitaly runs as?".format(
+                    target.path, ", ".join(differ[:5])
+                )
+            )
+
+
+# --- the command -------------------------------------------------------------------
+
+
+def apply(node, plans):
+    """Make every plan's changes; the list of what was done, or Refused (done so far on it)."""
+    done = []
+    try:
+        check_configs(node.want["hook"], [c for _, plan in plans for c in plan.configs])
+        sender = GitalySender(node) if node.method == "gitaly" else None
+        for target, plan in plans:
+            if not plan.changes():
+                continue
+            if sender and target.path != SERVER_WIDE:
+                done.append(sender.send(target, plan))
+            else:
+                done.extend(Applier(plan).run())
+    except Refused as error:
+        error.done = done
+        raise
+    return done
+
+
 def main(argv):
     mode = argv[1] if len(argv) > 1 else "plan"
     check = "--check" in argv[2:]
     want = json.load(sys.stdin)
     try:
-        plan = Plan(want)
+        node = Node(want)
     except KeyError as error:  # pwd/grp: no such user or group
         problem = "no user or group {} on this server: is GitLab installed here? (codo_hooks_git_user, codo_hooks_git_group)"
         json.dump({"errors": [problem.format(error)], "changed": False}, sys.stdout)
         return 1
-    for project in want["projects"]:
-        plan.add(project)
-    report = dict(plan.as_dict(), errors=[], changed=False, done=[], diffs=config_diffs(plan))
+    except Problem as error:
+        json.dump({"errors": [str(error)], "changed": False}, sys.stdout)
+        return 1
+    targets, elsewhere = node.targets()
+    plans = [(target, Plan(want).add(target)) for target in targets]
+    merged = Plan(want)
+    for _, plan in plans:
+        merged.merge(plan)
+    sends = [
+        t.path
+        for t, p in plans
+        if node.method == "gitaly" and t.path != SERVER_WIDE and p.changes()
+    ]
+    report = dict(merged.as_dict(), errors=[], changed=False, done=[], diffs=config_diffs(merged))
+    report.update(method=node.method, elsewhere=elsewhere, sends=sends)
     if mode == "apply":
-        if plan.missing_repos or plan.conflicts:
+        if merged.missing_repos or merged.conflicts:
             report["failed"] = "missing repositories or conflicts: nothing was changed"
             json.dump(report, sys.stdout)
             return 1
-        report["changed"] = bool(plan.changes())
+        report["changed"] = bool(merged.changes())
         if not check:
-            applier = Applier(plan)
             try:
-                applier.run()
+                report["done"] = apply(node, plans)
             except Refused as error:
-                report["failed"] = str(error)
-                report["changed"] = False
+                report.update(failed=str(error), done=error.done, changed=bool(error.done))
                 json.dump(report, sys.stdout)
                 return 1
-            finally:
-                report["done"] = applier.done
     json.dump(report, sys.stdout)
     return 0
 

@@ -1,0 +1,84 @@
+"""Where GitLab keeps the repositories of projects given by path only.
+
+Run by the role on the control node as `python3 -c <this file>` with JSON on stdin:
+{"url": GitLab's URL, "token": an administrator's token, "validate_certs": bool,
+"paths": [project paths]}. Asks `GET /api/v4/projects/<path>/storage` for each, a few
+at a time, and prints {"located": {path: {"disk_path", "repository_storage"}},
+"errors": [one line each]}. The token goes only into the PRIVATE-TOKEN header: it is
+never printed, and stdin keeps it out of argv. Python 3.6+, standard library only.
+"""
+
+import json
+import ssl
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+TIMEOUT_S = 15
+PARALLEL = 8
+REFUSALS = {
+    401: "GitLab refused codo_hooks_gitlab_api_token (401 Unauthorized): give an administrator's "
+    "personal access token with the read_api scope",
+    403: "GitLab does not let the token's user read repository storage (403 Forbidden): the "
+    "token must belong to an administrator",
+}
+
+
+class Lookup:
+    def __init__(self, url, token, validate_certs):
+        self.url = url.rstrip("/")
+        self.base = self.url + "/api/v4/projects/"
+        self.token = token
+        self.context = None if validate_certs else ssl._create_unverified_context()
+
+    def storage(self, path):
+        """(path, {"disk_path", "repository_storage"} or None, error line or None)."""
+        request = urllib.request.Request(
+            self.base + urllib.parse.quote(path, safe="") + "/storage",
+            headers={"PRIVATE-TOKEN": self.token, "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self.context) as reply:
+                body = json.loads(reply.read().decode("utf-8"))
+        except urllib.error.HTTPError as error:
+            return path, None, self.refusal(path, error.code)
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            return path, None, "cannot reach GitLab at {}: {}".format(self.url, reason)
+        except ValueError:
+            return path, None, "GitLab's storage reply for {} is not JSON".format(path)
+        if not isinstance(body, dict) or not body.get("disk_path"):
+            return path, None, "GitLab's storage reply for {} has no disk_path".format(path)
+        located = {
+            "disk_path": body["disk_path"],
+            "repository_storage": body.get("repository_storage") or None,
+        }
+        return path, located, None
+
+    @staticmethod
+    def refusal(path, status):
+        if status in REFUSALS:
+            return REFUSALS[status]
+        if status == 404:
+            return "GitLab has no project {} (404): check its path, or give its id".format(path)
+        return "GitLab answered {} for project {}".format(status, path)
+
+
+def main():
+    asked = json.load(sys.stdin)
+    lookup = Lookup(asked["url"], asked["token"], asked.get("validate_certs", True))
+    located, errors = {}, []
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        for path, found, error in pool.map(lookup.storage, asked["paths"]):
+            if found:
+                located[path] = found
+            elif error not in errors:
+                errors.append(error)
+    json.dump({"located": located, "errors": errors}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
