@@ -64,7 +64,8 @@ def linked_in_project(config, stage):
     if os.path.dirname(os.path.abspath(config)) == own_dir:
         return False
     own_link = os.path.join(own_dir, stage + ".d", "codo-release")
-    return os.path.exists(os.path.splitext(config)[0] + ".projects") and os.path.lexists(own_link)
+    # Gitaly runs only what the git user can execute: a dangling or stale link runs nothing.
+    return os.path.exists(os.path.splitext(config)[0] + ".projects") and os.access(own_link, os.X_OK)
 
 
 def main():

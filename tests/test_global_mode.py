@@ -87,3 +87,34 @@ def test_an_unsafe_tag_to_a_listed_project_is_refused_by_the_server_wide_hook(se
     code, output = server.push_tag(server.project("ops/dbtt", 1), "release-dbtt-$(id)")
     assert code != 0 and "GL-HOOK-ERR" in output
     assert fake.tasks == []
+
+
+def link_in_project(server, path, target=None, task_name="OWN"):
+    """What a per-project method left in the project: its own links and codo-release.json."""
+    hooks = server.tmp / "repositories" / (path + ".git") / "custom_hooks"
+    for stage in ("pre-receive", "post-receive"):
+        (hooks / (stage + ".d")).mkdir(parents=True)
+        os.symlink(target or server.entry, hooks / (stage + ".d") / "codo-release")
+    config = json.loads((server.global_dir / "codo-release.json").read_text())
+    config["projects"] = {path: dict(config["projects"][path], task_name=task_name)}
+    (hooks / "codo-release.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("own_link", [True, False], ids=["project-link-too", "server-wide-only"])
+def test_a_release_is_submitted_once_whether_or_not_the_project_still_links_the_hook(server, fake, own_link):
+    clone = server.project("ops/dbtt", 1)  # before the link: the runner is installed first
+    if own_link:
+        link_in_project(server, "ops/dbtt")
+    code, output = server.push_tag(clone, "release-dbtt-1")
+    assert code == 0, output
+    assert [task.fields["task_name"] for task in fake.tasks] == ["OWN" if own_link else "DBTT"]
+    submitted = [entry for entry in server.log() if entry.get("task_id") is not None]
+    assert len(submitted) == 1 and output.count("submitted as task") == 1
+
+
+def test_a_dangling_project_link_does_not_silence_the_server_wide_hook(server, fake):
+    clone = server.project("ops/dbtt", 1)
+    link_in_project(server, "ops/dbtt", target=str(server.tmp / "old-install" / "codo_release_hook.py"))
+    code, output = server.push_tag(clone, "release-dbtt-1")
+    assert code == 0, output
+    assert len(fake.tasks) == 1

@@ -559,13 +559,15 @@ class Applier:
 
 
 def manifest(top):
-    """Every entry under top: its type and mode, and a link's target or a file's digest."""
+    """Every entry under top: its type and owner's mode bits, a link's target or a file's digest."""
     entries = {}
     for directory, dirs, files in os.walk(top):
         for name in [os.curdir] + dirs + files:
             path = os.path.normpath(os.path.join(directory, name))
             st = os.lstat(path)
-            what = (kind(st), permissions(st))
+            # The owner's bits only: Gitaly's umask may drop group and other bits of the
+            # project's own files (ours are checked exactly by the plan afterwards).
+            what = (kind(st), permissions(st) & 0o700)
             if kind(st) == "link":
                 what = ("link", os.readlink(path))
             elif kind(st) == "file":
@@ -583,6 +585,7 @@ class GitalySender:
         self.gitaly = node.want["gitaly"]
 
     def send(self, target, plan):
+        """Send the project's hook set with ours changed; what was sent (a manifest) and a line."""
         with tempfile.TemporaryDirectory(prefix="codo-hooks-") as work:
             staged = os.path.join(work, "custom_hooks")
             if kind(lstat(target.hooks_dir)) == "directory":
@@ -590,14 +593,17 @@ class GitalySender:
             Applier(Plan(self.node.want).add(target.moved(staged, work))).run()
             archive = self.archive(work, target)
             self.hooks_set(target, archive)
-            self.check_result(target, staged)
-        return "sent {} ({}:{}) with gitaly hooks set: {}".format(
+            sent = manifest(staged)
+        line = "sent {} ({}:{}) with gitaly hooks set: {}".format(
             target.path, target.storage, target.relative, "; ".join(plan.lines())
         )
+        return sent, line
 
     def archive(self, work, target):
         """custom_hooks.tar with custom_hooks/ at its root, or Refused: never a wiping archive."""
         archive = os.path.join(work, "custom_hooks.tar")
+        if kind(lstat(os.path.join(work, "custom_hooks"))) != "directory":
+            raise Refused("nothing staged for {}: not sent".format(target.path))
         subprocess.run(["tar", "-cf", archive, "-C", work, "custom_hooks"], check=True)
         listing = subprocess.run(
             ["tar", "-tf", archive], stdout=subprocess.PIPE, universal_newlines=True, check=True
@@ -644,8 +650,9 @@ class GitalySender:
                 )
             )
 
-    def check_result(self, target, staged):
-        sent, now = manifest(staged), manifest(target.hooks_dir)
+    def check_result(self, target, sent):
+        """What the project holds now is what was sent, and needs nothing more of ours."""
+        now = manifest(target.hooks_dir)
         differ = sorted(name for name in set(sent) | set(now) if sent.get(name) != now.get(name))
         if not differ:
             differ = Plan(self.node.want).add(target).lines()
@@ -671,7 +678,9 @@ def apply(node, plans):
             if not plan.changes():
                 continue
             if sender and target.path != SERVER_WIDE:
-                done.append(sender.send(target, plan))
+                sent, line = sender.send(target, plan)
+                done.append(line)
+                sender.check_result(target, sent)
             else:
                 done.extend(Applier(plan).run())
     except Refused as error:

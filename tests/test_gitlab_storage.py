@@ -1,0 +1,96 @@
+"""roles/codo_hooks/files/gitlab_storage.py run as the role runs it on the control node
+(`python3 -c <file>`, the request as JSON on stdin) against the fake GitLab API on 127.0.0.1."""
+
+import hashlib
+import json
+import secrets
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from fakes.fake_gitlab import FakeGitLab
+
+SCRIPT = ROOT + "/roles/codo_hooks/files/gitlab_storage.py"
+TOKEN = "glpat-admin-" + secrets.token_hex(8)
+USER_TOKEN = "glpat-user-" + secrets.token_hex(8)
+
+
+def hashed(project_id):
+    digest = hashlib.sha256(str(project_id).encode()).hexdigest()
+    return "@hashed/{}/{}/{}".format(digest[:2], digest[2:4], digest)
+
+
+def lookup(url, token, paths):
+    """(argv, rc, parsed stdout, raw stdout, stderr)."""
+    with open(SCRIPT, encoding="utf-8") as handle:
+        argv = [sys.executable, "-c", handle.read()]
+    asked = {"url": url, "token": token, "validate_certs": True, "paths": paths}
+    done = subprocess.run(
+        argv, input=json.dumps(asked), capture_output=True, text=True, check=False, timeout=60
+    )
+    return argv, done.returncode, json.loads(done.stdout), done.stdout, done.stderr
+
+
+@pytest.fixture
+def gitlab():
+    server = FakeGitLab(token=TOKEN, projects={1: "ops/dbtt"}, user_token=USER_TOKEN)
+    server.state.add_project(2, "ops/legacy", legacy=True)
+    server.state.add_project(3, "ops/far", storage="storage-2")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_paths_are_located_with_disk_path_and_storage(gitlab):
+    argv, rc, out, raw, err = lookup(gitlab.url + "/", TOKEN, ["ops/dbtt", "ops/legacy", "ops/far"])
+    assert rc == 0 and out["errors"] == []
+    assert out["located"] == {
+        "ops/dbtt": {"disk_path": hashed(1), "repository_storage": "default"},
+        "ops/legacy": {"disk_path": "ops/legacy", "repository_storage": "default"},
+        "ops/far": {"disk_path": hashed(3), "repository_storage": "storage-2"},
+    }
+    asked = [r["path"] for r in gitlab.requests]
+    assert sorted(asked) == sorted(
+        "/api/v4/projects/{}/storage".format(p) for p in ("ops%2Fdbtt", "ops%2Flegacy", "ops%2Ffar")
+    )
+    assert all(r["token"] for r in gitlab.requests)
+    for text in [raw, err] + argv:
+        assert TOKEN not in text
+
+
+def test_an_unknown_path_is_named_in_one_line(gitlab):
+    _, rc, out, _, _ = lookup(gitlab.url, TOKEN, ["ops/dbtt", "ops/nope"])
+    assert rc == 0 and list(out["located"]) == ["ops/dbtt"]
+    (error,) = out["errors"]
+    assert "ops/nope" in error and "404" in error and "\n" not in error
+
+
+def test_a_wrong_token_is_said_once_whatever_the_number_of_projects(gitlab):
+    wrong = "glpat-wrong-" + secrets.token_hex(8)
+    _, rc, out, raw, err = lookup(gitlab.url, wrong, ["ops/dbtt", "ops/legacy", "ops/far"])
+    assert rc == 0 and out["located"] == {}
+    (error,) = out["errors"]
+    assert "401" in error and "codo_hooks_gitlab_api_token" in error
+    assert wrong not in raw + err
+
+
+def test_a_user_token_is_told_it_must_be_an_administrators(gitlab):
+    _, rc, out, raw, err = lookup(gitlab.url, USER_TOKEN, ["ops/dbtt", "ops/far"])
+    assert rc == 0 and out["located"] == {}
+    (error,) = out["errors"]
+    assert "403" in error and "administrator" in error
+    assert USER_TOKEN not in raw + err
+
+
+def test_an_unreachable_gitlab_is_said_once():
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = "http://127.0.0.1:{}".format(port)
+    _, rc, out, raw, err = lookup(url, TOKEN, ["ops/dbtt", "ops/far"])
+    assert rc == 0 and out["located"] == {}
+    (error,) = out["errors"]
+    assert error.startswith("cannot reach GitLab at " + url)
+    assert TOKEN not in raw + err
