@@ -1,133 +1,144 @@
-"""Where the role looks for each project's repository: templates/desired_state.json.j2 rendered by
-real Ansible (the template lookup, the role's defaults) for hashed ids, disk paths, GitLab's API
-answers and Gitaly Cluster replica paths. One ansible-playbook run renders every case."""
+"""Where the role looks for each project's repository, what config it gets, and what stops a run
+before anything changes: roles/codo_hooks/files/desired_state.py run as the role runs it
+(`python3 -c <source>`, the role's inputs as JSON on stdin, the real hook's check-config)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "codo_hooks"
-PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+SCRIPT = ROLE / "files" / "desired_state.py"
 RULES = [{"tag": r"\Arelease-", "template_id": 32, "hosts": {"1": ["10.0.0.5"]}}]
 SHA1 = "6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b"  # sha256("1")
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text(encoding="utf-8"))
 
-CASES = {
-    "hashed": {
-        "vars": {},
-        "projects": [{"path": "ops/dbtt", "id": 1}],
-    },
-    "disk_paths": {
-        "vars": {},
-        "projects": [
-            {"path": "legacy/app", "disk_path": "legacy/app", "id": 7},
-            {"path": "legacy/dotgit", "disk_path": "legacy/dotgit.git/"},
-            {"path": "abs/app", "disk_path": "/srv/git/abs/app"},
-        ],
-    },
-    "looked_up": {
-        "vars": {
-            "_codo_hooks_located": {
-                "ops/by-path": {"disk_path": "@hashed/ef/2d/ef2d", "repository_storage": "storage-2"}
-            }
+
+def project(path, **keys):
+    return dict({"path": path, "git_url": "git@x:y.git", "app_name": "APP", "rules": RULES}, **keys)
+
+
+def render(projects, method="files", cluster=False, located=None):
+    """(projects by path, errors) as the role's task gets them."""
+    want = {
+        "projects": projects,
+        "located": located or {},
+        "method": method,
+        "cluster": cluster,
+        "stages": DEFAULTS["codo_hooks_stages"],
+        "hook": str(ROOT / "files" / "codo_release_hook.py"),
+        "defaults": {
+            "submitter": "githook",
+            "executor": "githook",
+            "details": "git hook auto exec",
         },
-        "projects": [
-            {"path": "ops/by-path"},
-            {"path": "ops/mine", "id": 1, "storage": "storage-3"},
-            {"path": "ops/unknown"},
-        ],
-    },
-    "cluster": {
-        "vars": {"codo_hooks_gitaly_cluster": True},
-        "projects": [{"path": "ops/dbtt", "id": 1, "replica_path": "@cluster/repositories/6f/96/22/"}],
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    """Each case's desired state, as the role's set_fact reads it."""
-    if not PLAYBOOK.exists():
-        pytest.skip("ansible-playbook is not in this interpreter's environment (make venv)")
-    work = tmp_path_factory.mktemp("desired")
-    plays = []
-    for name, case in CASES.items():
-        projects = [dict(p, git_url="git@x:y.git", app_name="APP", rules=RULES) for p in case["projects"]]
-        variables = dict(
-            yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()),
-            _codo_hooks_located={},
-            codo_hooks_codo_url="http://127.0.0.1:1",
-        )
-        variables.update(case["vars"], codo_hooks_projects=projects)
-        plays.append(
-            {
-                "name": name,
-                "hosts": "localhost",
-                "gather_facts": False,
-                "vars": variables,
-                "tasks": [
-                    {
-                        "name": "Render",
-                        "ansible.builtin.copy": {
-                            "content": "{{ lookup('ansible.builtin.template', '%s') }}"
-                            % (ROLE / "templates" / "desired_state.json.j2"),
-                            "dest": str(work / (name + ".json")),
-                            "mode": "0600",
-                        },
-                    }
-                ],
-            }
-        )
-    playbook = work / "render.yml"
-    playbook.write_text(yaml.safe_dump(plays))
-    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
-    run = subprocess.run(
-        [str(PLAYBOOK), "-c", "local", "-i", "localhost,", "-e", "ansible_python_interpreter=" + sys.executable]
-        + [str(playbook)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert run.returncode == 0, run.stdout
-    return {
-        name: {p["path"]: p for p in json.loads((work / (name + ".json")).read_text())["projects"]}
-        for name in CASES
+        "codo": {
+            "url": "http://127.0.0.1:1",
+            "api": "task_accept",
+            "auth_key_file": "/etc/codo-hooks/auth_key",
+        },
+        "settings": {"state_dir": "/var/opt/codo-hooks", "on_failure": "spool"},
     }
+    run = subprocess.run(
+        [sys.executable, "-c", SCRIPT.read_text(encoding="utf-8")],
+        input=json.dumps(want),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    out = json.loads(run.stdout)
+    assert run.returncode == (1 if "errors" in out else 0), run.stderr
+    return {p["path"]: p for p in out.get("projects", [])}, out.get("errors", [])
 
 
-def test_an_id_is_found_in_hashed_storage(rendered):
-    project = rendered["hashed"]["ops/dbtt"]
-    assert project["repo"] == f"@hashed/6b/86/{SHA1}.git"
-    assert project["storage"] is None  # the node's codo_hooks_gitaly_storage applies
+def test_an_id_is_found_in_hashed_storage():
+    projects, errors = render([project("ops/dbtt", id=1)])
+    assert errors == []
+    assert projects["ops/dbtt"]["repo"] == f"@hashed/6b/86/{SHA1}.git"
+    assert projects["ops/dbtt"]["storage"] is None  # the node's codo_hooks_gitaly_storage applies
+    assert projects["ops/dbtt"]["stages"] == ["pre-receive", "post-receive"]
 
 
-def test_a_disk_path_wins_over_the_id_and_gets_one_dot_git(rendered):
-    projects = rendered["disk_paths"]
+def test_a_disk_path_wins_over_the_id_and_gets_one_dot_git():
+    projects, errors = render(
+        [
+            project("legacy/app", disk_path="legacy/app", id=7),
+            project("legacy/dotgit", disk_path="legacy/dotgit.git/"),
+            project("abs/app", disk_path="/srv/git/abs/app"),
+        ]
+    )
+    assert errors == []
     assert projects["legacy/app"]["repo"] == "legacy/app.git"
     assert projects["legacy/dotgit"]["repo"] == "legacy/dotgit.git"
     assert projects["abs/app"]["repo"] == "/srv/git/abs/app.git"
 
 
-def test_what_gitlab_said_locates_a_project_given_by_path_only(rendered):
-    projects = rendered["looked_up"]
+def test_what_gitlab_said_locates_a_project_given_by_path_only():
+    located = {
+        "ops/by-path": {"disk_path": "@hashed/ef/2d/ef2d", "repository_storage": "storage-2"}
+    }
+    projects, errors = render(
+        [project("ops/by-path"), project("ops/mine", id=1, storage="storage-3")], located=located
+    )
+    assert errors == []
     assert projects["ops/by-path"]["repo"] == "@hashed/ef/2d/ef2d.git"
     assert projects["ops/by-path"]["storage"] == "storage-2"
     assert projects["ops/mine"]["storage"] == "storage-3"
-    assert projects["ops/unknown"]["repo"] is None
 
 
-def test_in_a_cluster_the_replica_path_is_used_as_praefect_gives_it(rendered):
-    assert rendered["cluster"]["ops/dbtt"]["repo"] == "@cluster/repositories/6f/96/22"
+def test_a_project_that_cannot_be_located_stops_the_run_except_server_wide():
+    _, errors = render([project("ops/unknown"), project("ops/dbtt", id=1)])
+    assert (
+        len(errors) == 1 and "ops/unknown" in errors[0] and "codo_hooks_gitlab_api_url" in errors[0]
+    )
+    projects, errors = render([project("ops/unknown")], method="global")
+    assert errors == [] and projects["ops/unknown"]["repo"] is None
 
 
-def test_each_project_config_holds_only_its_own_project(rendered):
-    for projects in rendered.values():
-        for path, project in projects.items():
-            assert list(project["config"]["projects"]) == [path]
+def test_in_a_cluster_the_replica_path_is_used_and_required():
+    projects, errors = render(
+        [project("ops/dbtt", id=1, replica_path="@cluster/repositories/6f/96/22/")], cluster=True
+    )
+    assert errors == [] and projects["ops/dbtt"]["repo"] == "@cluster/repositories/6f/96/22"
+    _, errors = render([project("ops/dbtt", id=1)], cluster=True)
+    assert len(errors) == 1 and "replica_path" in errors[0] and "ops/dbtt" in errors[0]
+
+
+def test_each_config_holds_only_its_own_project_with_the_role_defaults():
+    projects, _ = render([project("ops/a", id=1), project("ops/b", id=2, submitter="alice")])
+    assert list(projects["ops/a"]["config"]["projects"]) == ["ops/a"]
+    assert projects["ops/a"]["config"]["projects"]["ops/a"]["submitter"] == "githook"
+    assert projects["ops/b"]["config"]["projects"]["ops/b"]["submitter"] == "alice"
+    assert projects["ops/b"]["config"]["codo"]["url"] == "http://127.0.0.1:1"
+    assert "task_name" not in projects["ops/a"]["config"]["projects"]["ops/a"]
+
+
+def test_inventory_mistakes_are_named_one_line_each():
+    _, errors = render([project("ops/a", id=1), project("ops/a", id=2)])
+    assert errors == [
+        "Projects listed more than once in codo_hooks_projects: ops/a. Keep one entry per project "
+        "and put all its tag rules in that entry's rules."
+    ]
+    _, errors = render(
+        [project("ops/a", id=1), project("ops/b", disk_path=f"@hashed/6b/86/{SHA1}")]
+    )
+    assert (
+        len(errors) == 1 and "ops/a, ops/b" in errors[0] and "claimed by more than one" in errors[0]
+    )
+    _, errors = render([project("ops/a", disk_path="../etc")])
+    assert errors == ["disk_path may not contain '..': ops/a (../etc)"]
+    _, errors = render([project("ops/a", disk_path="/srv/a")], method="gitaly")
+    assert len(errors) == 1 and "relative to the Gitaly storage" in errors[0]
+
+
+def test_the_hooks_check_config_refuses_a_bad_rule_before_anything_changes():
+    bad = [{"tag": "(unclosed", "template_id": 32, "hosts": {"1": ["10.0.0.5"]}}]
+    _, errors = render([project("ops/a", id=1), project("ops/b", id=2, rules=bad)])
+    assert errors[0] == "codo_hooks_projects do not make a valid hook config:"
+    assert any("ops/b" in line for line in errors[1:])
+    _, errors = render([project("ops/b", id=2, rules=bad, state="absent")])
+    assert errors == []  # an absent project's config is never written

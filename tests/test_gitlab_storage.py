@@ -22,11 +22,14 @@ def hashed(project_id):
     return "@hashed/{}/{}/{}".format(digest[:2], digest[2:4], digest)
 
 
-def lookup(url, token, paths):
-    """(argv, rc, parsed stdout, raw stdout, stderr)."""
+def lookup(url, token, paths, located=()):
+    """(argv, rc, parsed stdout, raw stdout, stderr): paths given by path only, located by id."""
     with open(SCRIPT, encoding="utf-8") as handle:
         argv = [sys.executable, "-c", handle.read()]
-    asked = {"url": url, "token": token, "validate_certs": True, "paths": paths}
+    projects = [{"path": path} for path in paths] + [
+        {"path": path, "id": number} for number, path in enumerate(located, 100)
+    ]
+    asked = {"url": url, "token": token, "validate_certs": True, "projects": projects}
     done = subprocess.run(
         argv, input=json.dumps(asked), capture_output=True, text=True, check=False, timeout=60
     )
@@ -44,7 +47,9 @@ def gitlab():
 
 
 def test_paths_are_located_with_disk_path_and_storage(gitlab):
-    argv, rc, out, raw, err = lookup(gitlab.url + "/", TOKEN, ["ops/dbtt", "ops/legacy", "ops/far"])
+    argv, rc, out, raw, err = lookup(
+        gitlab.url + "/", TOKEN, ["ops/dbtt", "ops/legacy", "ops/far"], located=["ops/has-id"]
+    )
     assert rc == 0 and out["errors"] == []
     assert out["located"] == {
         "ops/dbtt": {"disk_path": hashed(1), "repository_storage": "default"},

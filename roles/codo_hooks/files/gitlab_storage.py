@@ -2,8 +2,8 @@
 
 Run by the role on the control node as `python3 -c <this file>` with JSON on stdin:
 {"url": GitLab's URL, "token": an administrator's token, "validate_certs": bool,
-"paths": [project paths]}. Asks `GET /api/v4/projects/<path>/storage` for each, a few
-at a time, and prints {"located": {path: {"disk_path", "repository_storage"}},
+"projects": codo_hooks_projects}. For each project with neither id nor disk_path it asks
+`GET /api/v4/projects/<path>/storage`, a few at a time, and prints {"located": {path: {"disk_path", "repository_storage"}},
 "errors": [one line each]}. The token goes only into the PRIVATE-TOKEN header: it is
 never printed, and stdin keeps it out of argv. Python 3.6+, standard library only.
 """
@@ -69,9 +69,14 @@ class Lookup:
 def main():
     asked = json.load(sys.stdin)
     lookup = Lookup(asked["url"], asked["token"], asked.get("validate_certs", True))
+    paths = [
+        project["path"]
+        for project in asked["projects"]
+        if project.get("id") is None and not project.get("disk_path")
+    ]
     located, errors = {}, []
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        for path, found, error in pool.map(lookup.storage, asked["paths"]):
+        for path, found, error in pool.map(lookup.storage, paths):
             if found:
                 located[path] = found
             elif error not in errors:

@@ -693,6 +693,9 @@ def main(argv):
     mode = argv[1] if len(argv) > 1 else "plan"
     check = "--check" in argv[2:]
     want = json.load(sys.stdin)
+    if "desired" in want:  # files/desired_state.py's output, passed through by the role
+        desired = want.pop("desired")
+        want["projects"] = (json.loads(desired) if isinstance(desired, str) else desired)["projects"]
     try:
         node = Node(want)
     except KeyError as error:  # pwd/grp: no such user or group
