@@ -217,7 +217,7 @@ class Node:
         return found
 
     def repository(self, project):
-        """(storage path or None when not on this node, relative path) of a project's repository."""
+        """(the storage's directory, or None when this node lacks it; the storage's name)."""
         storage = project.get("storage") or self.want["gitaly"]["storage"]
         root = self.want["repositories_root"]
         if self.method == "gitaly":
