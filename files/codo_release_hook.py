@@ -48,24 +48,22 @@ def config_path(argv0):
     return os.path.join(hook_dir, "codo-release.json")
 
 
-def unlisted_project(config):
-    """Server-wide install: a project missing from the index beside the config costs no config read."""
-    project = os.environ.get("GL_PROJECT_PATH")
+def served_otherwise(config, stage):
+    """Server-wide install (an index beside the config): a project missing from the index costs no
+    config read, and one that still links the hook in its own custom_hooks is left to that link."""
     try:
         with open(os.path.splitext(config)[0] + ".projects", "rb") as index:
-            return bool(project) and project.encode() not in index.read().split(b"\n")
+            listed = index.read().split(b"\n")
     except OSError:
         return False
-
-
-def linked_in_project(config, stage):
-    """Server-wide install (an index beside the config) while the project still links the hook: that one submits."""
+    project = os.environ.get("GL_PROJECT_PATH")
+    if project and project.encode() not in listed:
+        return True
     own_dir = os.path.abspath("custom_hooks")  # Gitaly runs hooks in the repository directory
     if os.path.dirname(os.path.abspath(config)) == own_dir:
         return False
-    own_link = os.path.join(own_dir, stage + ".d", "codo-release")
     # Gitaly runs only what the git user can execute: a dangling or stale link runs nothing.
-    return os.path.exists(os.path.splitext(config)[0] + ".projects") and os.access(own_link, os.X_OK)
+    return os.access(os.path.join(own_dir, stage + ".d", "codo-release"), os.X_OK)
 
 
 def main():
@@ -74,7 +72,7 @@ def main():
     updates = None
     if stage in HOOK_STAGES:
         updates = tag_updates(stage, sys.argv)
-        if not updates or unlisted_project(config) or linked_in_project(config, stage):
+        if not updates or served_otherwise(config, stage):
             return 0
     sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
     import codo_release

@@ -95,6 +95,16 @@ def config_text(config):
     return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
 
 
+def combined(configs):
+    """One codo-release.json holding the projects of several (the first one's settings), or None."""
+    if not configs:
+        return None
+    merged = dict(configs[0], projects={})
+    for config in configs:
+        merged["projects"].update(config["projects"])
+    return merged
+
+
 TOML_TABLE = re.compile(r"^\s*(\[\[?)\s*([\w.-]+)\s*\]\]?\s*(#.*)?$")
 TOML_STRING = re.compile(r"""^\s*([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(#.*)?$""")
 
@@ -286,9 +296,7 @@ class Node:
         )
 
     def server_wide_files(self, present):
-        config = dict(present[0]["config"], projects={})
-        for project in present:
-            config["projects"].update(project["config"]["projects"])
+        config = combined([project["config"] for project in present])
         index = "".join(path + "\n" for path in sorted(config["projects"]))
         return {self.want["config_name"]: config_text(config), self.want["index_name"]: index}
 
@@ -464,19 +472,11 @@ def config_diffs(plan):
 
 def check_configs(hook, configs):
     """The hook's own check-config over every config about to be written, in one run."""
-    combined = None
-    for config in configs:
-        if not config["json"]:
-            continue
-        parsed = json.loads(config["after"])
-        if combined is None:
-            combined = parsed
-        else:
-            combined["projects"].update(parsed["projects"])
-    if combined is None:
+    config = combined([json.loads(c["after"]) for c in configs if c["json"]])
+    if config is None:
         return
     with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as handle:
-        handle.write(config_text(combined))
+        handle.write(config_text(config))
         handle.flush()
         check = subprocess.run(
             [hook, "check-config", handle.name],
@@ -695,7 +695,9 @@ def main(argv):
     want = json.load(sys.stdin)
     if "desired" in want:  # files/desired_state.py's output, passed through by the role
         desired = want.pop("desired")
-        want["projects"] = (json.loads(desired) if isinstance(desired, str) else desired)["projects"]
+        if isinstance(desired, str):
+            desired = json.loads(desired)
+        want["projects"] = desired["projects"]
     try:
         node = Node(want)
     except KeyError as error:  # pwd/grp: no such user or group
