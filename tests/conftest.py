@@ -2,7 +2,6 @@
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -12,15 +11,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from fakes.fake_codo import FakeCodo
+from fakes.fake_codo import FakeCodo, make_auth_key
 
 FILES = os.path.join(ROOT, "files")
 RUNNER = os.path.join(ROOT, "tests", "fakes", "gitaly_runner.py")
 ZERO = "0" * 40
 PROJECT = "ops/dbtt"
 GIT_URL = "git@gitlab.example.com:ops/dbtt.git"
-# A key no output, log or file may ever show.
-AUTH_KEY = "eyJ0eXAi.codo-test-secret-" + secrets.token_hex(8)
+# A key no output, log or file may ever show: a JWT like the admin service mints, its signature random.
+AUTH_KEY = make_auth_key()
 
 
 def base_config(url, state_dir, key_file):
@@ -44,7 +43,12 @@ def base_config(url, state_dir, key_file):
                 "app_name": "DBTT",
                 "task_name": "DBTT",
                 "rules": [
-                    {"tag": r"\Aqa-dbtt[\w]*", "template_id": 32, "schedule": "ready", "hosts": {"1": ["118.25.0.10"]}},
+                    {
+                        "tag": r"\Aqa-dbtt[\w]*",
+                        "template_id": 32,
+                        "schedule": "ready",
+                        "hosts": {"1": ["118.25.0.10"]},
+                    },
                     {
                         "tag": r"\Arelease-dbtt[\w]*",
                         "template_id": 32,
@@ -73,7 +77,13 @@ def install_program(directory):
 
 def git(*args, cwd=None, env=None, check=True):
     return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["git", *args],
+        cwd=cwd,
+        env=env,
+        check=check,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -92,7 +102,17 @@ class Site:
         self.repo = str(tmp_path / "repositories" / "@hashed" / "6b" / "86" / "project-1.git")
         git("init", "--bare", "-q", self.repo)
         subprocess.run(
-            [sys.executable, RUNNER, "install", self.repo, "--project-path", PROJECT, "--project-id", "1"], check=True
+            [
+                sys.executable,
+                RUNNER,
+                "install",
+                self.repo,
+                "--project-path",
+                PROJECT,
+                "--project-id",
+                "1",
+            ],
+            check=True,
         )
         self.hooks = os.path.join(self.repo, "custom_hooks")
         os.makedirs(self.hooks)
@@ -165,7 +185,9 @@ class Site:
         link = os.path.join(self.hooks, stage + ".d", "codo-release")
         if not os.path.exists(link):
             self.link(stage)
-        base = self.env(GL_USERNAME=user, GL_PROJECT_PATH=PROJECT, GL_REPOSITORY="project-1", GL_PROTOCOL="ssh")
+        base = self.env(
+            GL_USERNAME=user, GL_PROJECT_PATH=PROJECT, GL_REPOSITORY="project-1", GL_PROTOCOL="ssh"
+        )
         base.update(env)
         return subprocess.run(
             [link, *argv],
@@ -180,7 +202,9 @@ class Site:
 
     def admin(self, *args, **env):
         base = self.env(**env)
-        return subprocess.run([self.entry, *args], check=False, env=base, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [self.entry, *args], check=False, env=base, capture_output=True, text=True, timeout=120
+        )
 
     def flush(self, *args):
         return self.admin("flush", "--state-dir", self.state_dir, *args)
