@@ -178,7 +178,9 @@ class Site:
         )
 
     def remote_refs(self):
-        return git("for-each-ref", "--format=%(refname)", cwd=self.repo).stdout.split()
+        return git("for-each-ref", "--format=%(refname)", cwd=self.repo).stdout.split("\n")[
+            :-1
+        ]  # names may hold spaces
 
     def run_hook(self, stage, lines=(), argv=(), user="alice", **env):
         """Run the linked program directly, as Gitaly would, with stdin lines or update's argv."""
@@ -242,3 +244,43 @@ def fake():
 @pytest.fixture
 def site(tmp_path, fake):
     return Site(tmp_path, fake)
+
+
+def assert_key_nowhere(site, *outputs):
+    """The platform key (and its signature alone) in no output, log or state file."""
+    secrets_ = (AUTH_KEY, AUTH_KEY.rsplit(".", 1)[-1])
+    for text in outputs:
+        for secret in secrets_:
+            assert secret not in text
+    for root, _dirs, files in os.walk(site.state_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as handle:
+                data = handle.read()
+            for secret in secrets_:
+                assert secret.encode() not in data, path
+
+
+def run_hook_bytes(site, stage, data=b"", argv=(), **env):
+    """Run the linked hook with stdin as raw bytes (what git writes need not be text)."""
+    link = os.path.join(site.hooks, stage + ".d", "codo-release")
+    if not os.path.exists(link):
+        site.link(stage)
+    base = site.env(
+        GL_USERNAME="alice", GL_PROJECT_PATH=PROJECT, GL_REPOSITORY="project-1", GL_PROTOCOL="ssh"
+    )
+    base.update(env)
+    result = subprocess.run(
+        [link, *argv],
+        check=False,
+        input=data,
+        cwd=site.repo,
+        env=base,
+        capture_output=True,
+        timeout=60,
+    )
+    return result.returncode, result.stdout.decode("utf-8", "replace") + result.stderr.decode(
+        "utf-8", "replace"
+    )
