@@ -1644,6 +1644,10 @@ def append_log(state_dir, max_bytes, event):
     for secret in SECRETS:
         text = text.replace(secret, "********")
     try:
+        private_dir(
+            state_dir,
+            {os.geteuid()} | ({os.lstat(state_dir).st_uid} if os.path.isdir(state_dir) else set()),
+        )
         if os.path.exists(path) and os.path.getsize(path) > max_bytes:
             os.replace(path, path + ".1")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
@@ -1988,6 +1992,10 @@ def unexpected_error(stage, push, config_path):
 
     error_id = os.urandom(4).hex()
     state_dir = _state_dir_of_broken(config_path) if config_path else TOP_DEFAULTS["state_dir"]
+    try:  # whatever put the key into the error's text, the log masks it: know the key to mask
+        read_auth_key(_with_defaults(read_config(config_path).get("codo") or {}, CODO_DEFAULTS))
+    except Exception:
+        pass
     logged = append_log(
         state_dir,
         TOP_DEFAULTS["log_max_bytes"],
@@ -2005,11 +2013,10 @@ def unexpected_error(stage, push, config_path):
         )
         return EXIT_REFUSED
     if stage == "post-receive" and push is not None:
-        keep(
-            push,
-            f"internal error {error_id} (traceback: {where})",
-            "tell the GitLab admin; flush sends it once fixed",
+        say(
+            f"internal error {error_id} (traceback: {where}); this push's releases are kept in the spool"
         )
+        keep(push, f"internal error {error_id}", "tell the GitLab admin; flush sends it once fixed")
         return EXIT_OK
     say(f"internal error {error_id} (traceback: {where}): please report it")
     return EXIT_REFUSED
