@@ -1,12 +1,15 @@
 """The fakes hold to their contracts: shared/codo-api.md for FakeCodo, shared/gitlab-hooks.md for the runner."""
 
+import base64
 import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from http.cookies import SimpleCookie
 
 import pytest
@@ -18,18 +21,20 @@ from fakes.fake_codo import (
     EXEC_USERS_PATH,
     GIT_HOOKS_PATH,
     FakeCodo,
+    make_auth_key,
     unused_port,
 )
 
 FAKES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakes")
 RUNNER = os.path.join(FAKES, "gitaly_runner.py")
-KEY = "eyJ0eXAi.fake-codo-test-key"
+KEY = make_auth_key()
 GITLAB = "https://gitlab.example.com"
 
 
 class Answer:
     def __init__(self, response):
         self.status = response.status
+        self.headers = response.headers
         self.text = response.read().decode("utf-8")
         jar = SimpleCookie()
         for header in response.headers.get_all("Set-Cookie") or []:
@@ -61,7 +66,14 @@ def csrf_key(fake, path=ACCEPT_PATH):
 
 def send(fake, method, path, body, **options):
     """What a client does: GET a csrf key, then send with both cookies."""
-    return call(fake, method, path, body, cookies={"auth_key": KEY, "csrf_key": csrf_key(fake, path)}, **options)
+    return call(
+        fake,
+        method,
+        path,
+        body,
+        cookies={"auth_key": KEY, "csrf_key": csrf_key(fake, path)},
+        **options,
+    )
 
 
 def task(**changes):
@@ -92,13 +104,20 @@ def fake():
 def test_get_gives_a_csrf_key_in_the_body_and_as_a_cookie(fake):
     answer = call(fake, "GET", ACCEPT_PATH, cookies={"auth_key": KEY})
     assert answer.status == 200
-    assert answer.json() == {"code": 0, "msg": "获取csrf_key成功", "csrf_key": answer.cookies["csrf_key"]}
+    assert answer.json() == {
+        "code": 0,
+        "msg": "获取csrf_key成功",
+        "csrf_key": answer.cookies["csrf_key"],
+    }
     assert len(answer.cookies["csrf_key"]) == 22
 
 
 def test_a_post_with_a_live_csrf_key_creates_the_task(fake):
     answer = send(fake, "POST", ACCEPT_PATH, task())
-    assert (answer.status, answer.json()) == (200, {"code": 0, "msg": "Task creation success, ID：1", "list_id": 1})
+    assert (answer.status, answer.json()) == (
+        200,
+        {"code": 0, "msg": "Task creation success, ID：1", "list_id": 1},
+    )
 
 
 def test_accepted_reply_escapes_the_full_width_colon_like_tornado(fake):
@@ -115,8 +134,84 @@ def test_missing_auth_key_is_401_not_logged_in(fake):
     assert (answer.status, answer.text) == (401, "你没有登录")
 
 
-def test_wrong_auth_key_is_401(fake):
-    assert call(fake, "GET", ACCEPT_PATH, cookies={"auth_key": "someone-else"}).status == 401
+def jwt(header=None, payload=None, signature="c2ln"):
+    def part(value):
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return ".".join(
+        [part(header or {"typ": "JWT", "alg": "HS256"}), part(payload or {}), signature]
+    )
+
+
+def test_another_well_formed_key_is_401_when_the_fake_has_one_key(fake):
+    answer = call(fake, "GET", ACCEPT_PATH, cookies={"auth_key": make_auth_key(user_id=2)})
+    assert (answer.status, answer.text) == (401, "你没有登录")
+    assert "csrf_key" in answer.cookies
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "someone-else",
+        "eyJ0eXAi.codo-test-secret-0123",
+        "a.b",
+        "a.b.c.d",
+        jwt() + ".x",
+        jwt().replace(".", ".!", 1),  # not base64url
+        jwt(payload=[1]),  # a payload that is not an object
+        ".".join(["bm90IGpzb24", jwt().split(".")[1], "c2ln"]),  # a header that is not JSON
+    ],
+)
+def test_a_key_that_is_not_a_jwt_is_500_on_every_request(fake, key):
+    get = call(fake, "GET", ACCEPT_PATH, cookies={"auth_key": key})
+    post = call(
+        fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": key, "csrf_key": csrf_key(fake)}
+    )
+    assert [(answer.status, answer.text) for answer in (get, post)] == [(500, "服务器内部错误")] * 2
+    assert fake.tasks == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"user_id": 1},
+        {"data": {}},
+        {"data": {"username": "githook"}},
+        {"data": {"user_id": 0}},
+        {"data": 1},
+    ],
+)
+def test_a_jwt_without_data_user_id_is_401_and_still_sets_a_csrf_key(payload):
+    key = jwt(payload=payload)
+    with FakeCodo() as fake:  # even the fake that takes any well-formed key
+        answer = call(fake, "GET", ACCEPT_PATH, cookies={"auth_key": key})
+    assert (answer.status, answer.text) == (401, "你没有登录")
+    assert len(answer.cookies["csrf_key"]) == 22
+
+
+def test_without_a_configured_key_any_well_formed_jwt_with_a_user_id_is_accepted():
+    key = jwt(payload={"data": {"user_id": 7}}, signature="")  # no signature check, no exp needed
+    with FakeCodo() as fake:
+        assert make_auth_key() != fake.auth_key
+        for each in (key, make_auth_key(user_id=3), fake.auth_key):
+            answer = call(
+                fake,
+                "POST",
+                ACCEPT_PATH,
+                task(),
+                cookies={"auth_key": each, "csrf_key": csrf_key(fake)},
+            )
+            assert answer.json()["code"] == 0
+        assert len(fake.tasks) == 3
+
+
+@pytest.mark.parametrize(
+    "key", ["eyJ0eXAi.codo-test-secret-0123", jwt(payload={"data": {"username": "x"}})]
+)
+def test_a_configured_key_that_the_platform_would_refuse_is_a_value_error(key):
+    with pytest.raises(ValueError, match="make_auth_key"):
+        FakeCodo(auth_key=key)
 
 
 def test_auth_key_as_query_parameter_is_accepted(fake):
@@ -127,22 +222,66 @@ def test_path_without_trailing_slash_is_404(fake):
     assert call(fake, "GET", ACCEPT_PATH.rstrip("/"), cookies={"auth_key": KEY}).status == 404
 
 
-def test_undocumented_method_is_405(fake):
-    answer = send(fake, "PUT", ACCEPT_PATH, task())
-    assert answer.status == 405
+@pytest.mark.parametrize("path", [ACCEPT_PATH, GIT_HOOKS_PATH])
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+def test_put_and_delete_without_a_csrf_cookie_are_500(fake, method, path):
+    answer = call(fake, method, path, task(), cookies={"auth_key": KEY})
+    assert (answer.status, answer.text) == (500, "服务器内部错误")
+    assert "csrf_key" not in answer.cookies
     assert fake.tasks == []
 
 
-def test_post_without_csrf_cookie_is_402_csrf_error(fake):
+@pytest.mark.parametrize("path", [ACCEPT_PATH, GIT_HOOKS_PATH])
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+def test_put_and_delete_with_a_live_csrf_cookie_are_405_with_an_empty_body(fake, method, path):
+    answer = send(fake, method, path, task())
+    assert (answer.status, answer.text) == (405, "")
+    assert len(answer.cookies["csrf_key"]) == 22
+    assert fake.tasks == []
+
+
+def test_exec_users_put_and_delete_need_a_csrf_cookie_too(fake):
+    send(fake, "POST", EXEC_USERS_PATH, ALICE)
+    assert (
+        call(fake, "PUT", EXEC_USERS_PATH, dict(ALICE, id=1), cookies={"auth_key": KEY}).status
+        == 500
+    )
+    assert (
+        call(fake, "DELETE", EXEC_USERS_PATH, {"exec_user_id": 1}, cookies={"auth_key": KEY}).status
+        == 500
+    )
+    assert len(fake.exec_users) == 1
+
+
+def test_post_without_csrf_cookie_is_500_and_sets_no_csrf_key(fake):
     answer = call(fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY})
+    assert (answer.status, answer.text) == (500, "服务器内部错误")
+    assert "csrf_key" not in answer.cookies
+    assert fake.tasks == []
+
+
+def test_post_with_a_made_up_csrf_key_is_402_and_sets_no_csrf_key(fake):
+    answer = call(
+        fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY, "csrf_key": "x" * 22}
+    )
     assert (answer.status, answer.text) == (402, "csrf error.")
+    assert "Set-Cookie" not in answer.headers
+    assert fake.tasks == []
+
+
+def test_the_csrf_check_comes_before_the_login_check(fake):
+    assert call(fake, "POST", ACCEPT_PATH, task()).status == 500  # no cookie at all
+    assert call(fake, "POST", ACCEPT_PATH, task(), cookies={"csrf_key": "x" * 22}).status == 402
+    answer = call(fake, "POST", ACCEPT_PATH, task(), cookies={"csrf_key": csrf_key(fake)})
+    assert (answer.status, answer.text) == (401, "你没有登录")
 
 
 def test_csrf_key_is_single_use(fake):
     key = csrf_key(fake)
     cookies = {"auth_key": KEY, "csrf_key": key}
     assert call(fake, "POST", ACCEPT_PATH, task(), cookies=cookies).status == 200
-    assert call(fake, "POST", ACCEPT_PATH, task(), cookies=cookies).status == 402
+    refused = call(fake, "POST", ACCEPT_PATH, task(), cookies=cookies)
+    assert (refused.status, refused.cookies) == (402, {})
     assert len(fake.tasks) == 1
 
 
@@ -153,18 +292,34 @@ def test_csrf_key_is_used_up_by_a_post_that_fails(fake):
 
 
 def test_the_csrf_cookie_of_a_failed_reply_serves_the_retry(fake):
-    failed = call(fake, "POST", ACCEPT_PATH, "{not json", cookies={"auth_key": KEY, "csrf_key": csrf_key(fake)})
-    retry = call(fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY, "csrf_key": failed.cookies["csrf_key"]})
+    failed = call(
+        fake,
+        "POST",
+        ACCEPT_PATH,
+        "{not json",
+        cookies={"auth_key": KEY, "csrf_key": csrf_key(fake)},
+    )
+    retry = call(
+        fake,
+        "POST",
+        ACCEPT_PATH,
+        task(),
+        cookies={"auth_key": KEY, "csrf_key": failed.cookies["csrf_key"]},
+    )
     assert retry.status == 200
 
 
-def test_every_reply_sets_a_fresh_csrf_cookie(fake):
+def test_every_reply_past_the_csrf_check_sets_a_fresh_csrf_cookie(fake):
     keys = [
         call(fake, "GET", ACCEPT_PATH).cookies["csrf_key"],  # 401
-        call(fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY}).cookies["csrf_key"],  # 402
+        call(fake, "GET", ACCEPT_PATH, cookies={"auth_key": "not-a-jwt"}).cookies[
+            "csrf_key"
+        ],  # 500
+        send(fake, "PUT", ACCEPT_PATH, task()).cookies["csrf_key"],  # 405
+        send(fake, "POST", ACCEPT_PATH, task(temp_id="99")).cookies["csrf_key"],  # 500
         send(fake, "POST", ACCEPT_PATH, task()).cookies["csrf_key"],  # 200
     ]
-    assert len(set(keys)) == 3
+    assert len(set(keys)) == 5
 
 
 def test_an_expired_csrf_key_is_refused():
@@ -178,14 +333,23 @@ def test_a_csrf_key_from_the_other_endpoint_is_valid_too(fake):
 
 
 def test_sdk_method_header_skips_the_csrf_check(fake):
-    answer = call(fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY}, headers={"Sdk-Method": "x"})
+    answer = call(
+        fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY}, headers={"Sdk-Method": "x"}
+    )
     assert answer.status == 200
 
 
 def test_sdk_method_header_is_checked_when_the_skip_is_off():
     with FakeCodo(auth_key=KEY, skip_csrf_with_sdk_header=False) as fake:
-        answer = call(fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY}, headers={"Sdk-Method": "x"})
-        assert answer.status == 402
+        answer = call(
+            fake,
+            "POST",
+            ACCEPT_PATH,
+            task(),
+            cookies={"auth_key": KEY},
+            headers={"Sdk-Method": "x"},
+        )
+        assert answer.status == 500  # the csrf check ran: no csrf_key cookie
 
 
 # --- the task accept endpoint ----------------------------------------------
@@ -203,9 +367,21 @@ def test_task_is_recorded_with_its_raw_body_and_fields(fake):
 def test_requests_are_recorded_with_method_path_headers_cookies_and_body(fake):
     key = csrf_key(fake)
     body = json.dumps(task())
-    call(fake, "POST", ACCEPT_PATH, body, cookies={"auth_key": KEY, "csrf_key": key}, headers={"X-Probe": "1"})
+    call(
+        fake,
+        "POST",
+        ACCEPT_PATH,
+        body,
+        cookies={"auth_key": KEY, "csrf_key": key},
+        headers={"X-Probe": "1"},
+    )
     get, post = fake.requests
-    assert (get.method, get.path, get.cookies, get.status) == ("GET", ACCEPT_PATH, {"auth_key": KEY}, 200)
+    assert (get.method, get.path, get.cookies, get.status) == (
+        "GET",
+        ACCEPT_PATH,
+        {"auth_key": KEY},
+        200,
+    )
     assert (post.method, post.cookies, post.body, post.status) == (
         "POST",
         {"auth_key": KEY, "csrf_key": key},
@@ -225,8 +401,18 @@ def test_task_name_over_50_characters_is_500(fake):
     assert send(fake, "POST", ACCEPT_PATH, task(task_name="x" * 50)).status == 200
 
 
-def test_unknown_template_is_500(fake):
-    assert send(fake, "POST", ACCEPT_PATH, task(temp_id="99")).status == 500
+def test_unknown_template_is_500_and_creates_no_task(fake):
+    answer = send(fake, "POST", ACCEPT_PATH, task(temp_id="99"))
+    assert (answer.status, answer.text) == (500, "服务器内部错误")
+    assert fake.tasks == []
+
+
+def test_the_csrf_key_of_an_unknown_template_500_works_once(fake):
+    failed = send(fake, "POST", ACCEPT_PATH, task(temp_id="99"))
+    cookies = {"auth_key": KEY, "csrf_key": failed.cookies["csrf_key"]}
+    assert call(fake, "POST", ACCEPT_PATH, task(), cookies=cookies).json()["list_id"] == 1
+    assert call(fake, "POST", ACCEPT_PATH, task(), cookies=cookies).status == 402
+    assert len(fake.tasks) == 1
 
 
 def test_missing_template_is_500(fake):
@@ -307,7 +493,9 @@ def test_git_hooks_tag_matching_no_prefix_is_code_2(fake):
 
 
 def test_git_hooks_matching_prefix_creates_a_task_with_the_platforms_args(fake):
-    fake.repos[(GITLAB, "ops/dbtt")] = {"release-": {"temp_id": 32, "schedule": "ready", "hosts": {1: "10.0.0.5"}}}
+    fake.repos[(GITLAB, "ops/dbtt")] = {
+        "release-": {"temp_id": 32, "schedule": "ready", "hosts": {1: "10.0.0.5"}}
+    }
     assert git_hooks(fake) == {"code": 0, "msg": "Task creation success, ID：1", "list_id": 1}
     (created,) = fake.tasks
     assert created.args == {
@@ -325,7 +513,13 @@ def test_git_hooks_matching_prefix_creates_a_task_with_the_platforms_args(fake):
 
 # --- execution users -------------------------------------------------------
 
-ALICE = {"alias_user": "deploy", "exec_user": "root", "ssh_port": 22, "user_key": "-----BEGIN KEY-----", "remarks": "r"}
+ALICE = {
+    "alias_user": "deploy",
+    "exec_user": "root",
+    "ssh_port": 22,
+    "user_key": "-----BEGIN KEY-----",
+    "remarks": "r",
+}
 
 
 def test_exec_user_added_is_listed(fake):
@@ -350,14 +544,22 @@ def test_exec_user_with_chinese_characters_is_code_minus_1(fake):
 
 def test_exec_user_put_updates_by_id(fake):
     send(fake, "POST", EXEC_USERS_PATH, ALICE)
-    answer = send(fake, "PUT", EXEC_USERS_PATH, dict(ALICE, id=1, user_key="-----NEW KEY-----", ssh_port=2222))
+    answer = send(
+        fake, "PUT", EXEC_USERS_PATH, dict(ALICE, id=1, user_key="-----NEW KEY-----", ssh_port=2222)
+    )
     assert answer.json() == {"code": 0, "msg": "编辑成功"}
-    assert (fake.exec_users[0]["user_key"], fake.exec_users[0]["ssh_port"]) == ("-----NEW KEY-----", 2222)
+    assert (fake.exec_users[0]["user_key"], fake.exec_users[0]["ssh_port"]) == (
+        "-----NEW KEY-----",
+        2222,
+    )
 
 
 def test_exec_user_delete_by_exec_user_id(fake):
     send(fake, "POST", EXEC_USERS_PATH, ALICE)
-    assert send(fake, "DELETE", EXEC_USERS_PATH, {"exec_user_id": 1}).json() == {"code": 0, "msg": "删除成功"}
+    assert send(fake, "DELETE", EXEC_USERS_PATH, {"exec_user_id": 1}).json() == {
+        "code": 0,
+        "msg": "删除成功",
+    }
     assert fake.exec_users == []
 
 
@@ -449,6 +651,263 @@ def test_unknown_fault_is_refused(fake):
         fake.set_fault("explode")
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"status": "503"},
+        {"status": 600},
+        {"kind": "redirect"},
+        {"kind": "redirect", "status": 200, "location": "http://x/"},
+    ],
+)
+def test_a_fault_with_bad_parameters_is_refused(fake, limits):
+    with pytest.raises(ValueError):
+        fake.set_fault(**dict({"kind": "status"}, **limits))
+
+
+# --- faults: 2xx that are not the platform's success -----------------------
+
+
+@pytest.mark.parametrize("status", [201, 202, 204])
+def test_status_2xx_answers_with_an_empty_body_and_creates_nothing(fake, status):
+    fake.set_fault("status", status=status, method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task())
+    assert (answer.status, answer.text, answer.cookies) == (status, "", {})
+    assert fake.tasks == []
+    assert fake.requests[-1].status == status
+
+
+def test_a_204_has_no_content_length_and_keeps_the_connection_usable(fake):
+    fake.set_fault("status", status=204, method="POST", times=1)
+    connection = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    try:
+        connection.request("POST", ACCEPT_PATH, body="{}")
+        response = connection.getresponse()
+        assert (response.status, response.read(), response.getheader("Content-Length")) == (
+            204,
+            b"",
+            None,
+        )
+        connection.request("GET", ACCEPT_PATH, headers={"Cookie": f"auth_key={KEY}"})
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
+def test_status_with_a_body_answers_that_body(fake):
+    fake.set_fault("status", status=201, body='{"code": 0, "msg": "created"}', method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task())
+    assert (answer.status, answer.json()) == (201, {"code": 0, "msg": "created"})
+    assert fake.tasks == []
+
+
+@pytest.mark.parametrize("status", [201, 202])
+def test_commit_then_status_creates_the_task_and_answers_its_json_with_that_status(fake, status):
+    fake.set_fault("commit_then_status", status=status, method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task())
+    assert (answer.status, answer.json()) == (
+        status,
+        {"code": 0, "msg": "Task creation success, ID：1", "list_id": 1},
+    )
+    assert len(fake.tasks) == 1
+    assert len(answer.cookies["csrf_key"]) == 22
+
+
+def test_commit_then_status_204_creates_the_task_and_answers_no_body(fake):
+    fake.set_fault("commit_then_status", status=204, method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task())
+    assert (answer.status, answer.text) == (204, "")
+    assert len(fake.tasks) == 1
+
+
+def test_commit_then_status_keeps_the_platforms_refusal_and_creates_nothing(fake):
+    fake.set_fault("commit_then_status", status=201, method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task(hosts="{1: 'web01'}"))
+    assert (answer.status, answer.json()) == (201, {"code": 5, "msg": "ip格式有误"})
+    assert fake.tasks == []
+
+
+def test_commit_then_status_with_a_body(fake):
+    fake.set_fault("commit_then_status", status=202, body="accepted", method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task())
+    assert (answer.status, answer.text, len(fake.tasks)) == (202, "accepted", 1)
+
+
+# --- faults: messages --------------------------------------------------------
+
+FORGED = "ok\r\nGL-HOOK-ERR: forged\ncodo: release-x sent\r"
+
+
+def test_message_answers_code_and_msg_without_creating_a_task(fake):
+    fake.set_fault("message", code=0, msg=FORGED, method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task())
+    assert (answer.status, answer.json()) == (200, {"code": 0, "msg": FORGED})
+    assert "\\r\\nGL-HOOK-ERR" in answer.text  # JSON-escaped on the wire, CR/LF once decoded
+    assert fake.tasks == []
+
+
+def test_message_with_create_creates_the_task_and_adds_its_list_id(fake):
+    fake.set_fault("message", code=3, msg=FORGED, create=True, method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task())
+    assert answer.json() == {"code": 3, "msg": FORGED, "list_id": 1}
+    assert len(fake.tasks) == 1
+    assert len(answer.cookies["csrf_key"]) == 22
+
+
+def test_message_with_create_keeps_the_platforms_answer_when_nothing_is_created(fake):
+    fake.set_fault("message", msg="x", create=True, method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task(temp_id="99"))
+    assert answer.json() == {"code": 0, "msg": "x"}
+    assert fake.tasks == []
+
+
+# --- faults: redirects, drips, floods ---------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirect_answers_a_location_and_goes_no_further(fake, status):
+    with FakeCodo(auth_key=KEY) as elsewhere:
+        location = elsewhere.url + ACCEPT_PATH
+        fake.set_fault("redirect", status=status, location=location, method="POST")
+        key = csrf_key(fake)
+        answer = call(fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY, "csrf_key": key})
+        assert (answer.status, answer.headers["Location"], answer.cookies) == (status, location, {})
+        assert f"<title>{status} " in answer.text and len(answer.text) < 300
+        assert fake.tasks == [] and elsewhere.requests == []
+        assert (fake.requests[-1].method, fake.requests[-1].status, fake.requests[-1].fault) == (
+            "POST",
+            status,
+            "redirect",
+        )
+        fake.clear_faults()  # the gateway answered: the csrf key was not used
+        assert (
+            call(
+                fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY, "csrf_key": key}
+            ).status
+            == 200
+        )
+
+
+def test_redirect_location_leads_a_following_client_to_the_other_server(fake):
+    with FakeCodo(auth_key=KEY) as elsewhere:
+        fake.set_fault("redirect", status=302, location=elsewhere.url + ACCEPT_PATH)
+        request = urllib.request.Request(
+            fake.url + ACCEPT_PATH, headers={"Cookie": f"auth_key={KEY}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert json.loads(response.read())["code"] == 0
+        assert elsewhere.requests[0].cookies == {
+            "auth_key": KEY
+        }  # what a client that follows gives away
+
+
+def test_drip_takes_seconds_without_a_read_ever_waiting_long(fake):
+    fake.set_fault("drip", seconds=2, size=400, method="POST")
+    key = csrf_key(fake)
+    started = time.monotonic()
+    answer = call(
+        fake, "POST", ACCEPT_PATH, task(), cookies={"auth_key": KEY, "csrf_key": key}, timeout=1
+    )
+    elapsed = time.monotonic() - started
+    assert 1.9 <= elapsed < 10
+    assert (answer.status, len(answer.text), answer.json()["list_id"]) == (200, 400, 1)
+    assert len(fake.tasks) == 1
+
+
+def test_drip_without_a_size_drips_the_platforms_reply(fake):
+    fake.set_fault("drip", seconds=1, method="POST")
+    started = time.monotonic()
+    answer = send(fake, "POST", ACCEPT_PATH, task(), timeout=1)
+    assert time.monotonic() - started >= 0.9
+    assert answer.json() == {"code": 0, "msg": "Task creation success, ID：1", "list_id": 1}
+
+
+def test_drip_stops_when_the_server_stops(fake):
+    fake.set_fault("drip", seconds=60, size=1000)
+    with socket.create_connection(("127.0.0.1", fake.port)) as connection:
+        connection.sendall(
+            b"GET "
+            + ACCEPT_PATH.encode()
+            + b" HTTP/1.1\r\nHost: x\r\nCookie: auth_key="
+            + KEY.encode()
+            + b"\r\n\r\n"
+        )
+        connection.settimeout(10)
+        assert connection.recv(100).startswith(b"HTTP/1.1 200")
+        stopper = threading.Thread(target=fake.stop)
+        started = time.monotonic()
+        stopper.start()
+        while connection.recv(1000):
+            pass
+        stopper.join(10)
+        assert time.monotonic() - started < 10
+
+
+def test_flood_sends_content_length_64_mib_and_a_client_may_stop_reading(fake):
+    fake.set_fault("flood", method="POST", times=1)
+    connection = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    try:
+        connection.request(
+            "POST",
+            ACCEPT_PATH,
+            body=json.dumps(task()),
+            headers={"Cookie": f"auth_key={KEY}; csrf_key={csrf_key(fake)}"},
+        )
+        response = connection.getresponse()
+        assert (response.status, response.getheader("Content-Length")) == (
+            200,
+            str(64 * 1024 * 1024),
+        )
+        head = response.read(65536)
+        assert head.startswith(b'{"code": 0') and head.endswith(b" " * 1000)
+    finally:
+        connection.close()
+    assert len(fake.tasks) == 1
+    assert (
+        send(fake, "POST", ACCEPT_PATH, task()).json()["list_id"] == 2
+    )  # the fake shrugs off the hang-up
+
+
+def test_flood_body_read_whole_is_the_platforms_json(fake):
+    fake.set_fault("flood", size=300_000, method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task())
+    assert (len(answer.text), answer.json()["list_id"]) == (300_000, 1)
+
+
+def test_flood_chunked_has_no_content_length(fake):
+    fake.set_fault("flood", size=200_000, chunked=True, method="POST")
+    answer = send(fake, "POST", ACCEPT_PATH, task())
+    assert (answer.headers["Transfer-Encoding"], answer.headers["Content-Length"]) == (
+        "chunked",
+        None,
+    )
+    assert (len(answer.text), answer.json()["code"]) == (200_000, 0)
+
+
+def test_new_faults_are_set_over_http(fake):
+    faults = [
+        {
+            "kind": "redirect",
+            "status": 307,
+            "location": "http://127.0.0.1:9/x",
+            "method": "POST",
+            "times": 1,
+        },
+        {"kind": "message", "code": 0, "msg": "a\nb", "method": "POST", "times": 1},
+        {"kind": "flood", "size": 70000, "chunked": True, "method": "POST", "times": 1},
+    ]
+    listed = call(fake, "POST", "/_fake/fault", faults).json()
+    assert [(f["kind"], f["status"], f["location"], f["size"]) for f in listed] == [
+        ("redirect", 307, "http://127.0.0.1:9/x", None),
+        ("message", 503, None, None),
+        ("flood", 503, None, 70000),
+    ]
+    assert send(fake, "POST", ACCEPT_PATH, task()).headers["Location"] == "http://127.0.0.1:9/x"
+    assert send(fake, "POST", ACCEPT_PATH, task()).json() == {"code": 0, "msg": "a\nb"}
+    assert len(send(fake, "POST", ACCEPT_PATH, task()).text) == 70000
+    assert len(fake.tasks) == 1
+
+
 def test_unused_port_refuses_connections():
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", unused_port()), timeout=5)
@@ -460,7 +919,10 @@ def test_stopped_server_starts_again_on_the_same_port(fake):
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
     fake.start()
-    assert (fake.port, call(fake, "GET", ACCEPT_PATH, cookies={"auth_key": KEY}).status) == (port, 200)
+    assert (fake.port, call(fake, "GET", ACCEPT_PATH, cookies={"auth_key": KEY}).status) == (
+        port,
+        200,
+    )
 
 
 # --- standalone ------------------------------------------------------------
@@ -471,7 +933,14 @@ def standalone(tmp_path):
     key_file, state_file = tmp_path / "auth_key", tmp_path / "tasks.json"
     key_file.write_text(KEY + "\n")
     command = [sys.executable, os.path.join(FAKES, "fake_codo.py"), "--port", str(unused_port())]
-    command += ["--auth-key-file", str(key_file), "--template", "32:1,2", "--state-file", str(state_file)]
+    command += [
+        "--auth-key-file",
+        str(key_file),
+        "--template",
+        "32:1,2",
+        "--state-file",
+        str(state_file),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     url = process.stdout.readline().strip()
     port = int(url.rsplit(":", 1)[1])
@@ -484,16 +953,36 @@ def test_standalone_serves_the_contract_and_writes_tasks_to_the_state_file(stand
     answer = send(standalone, "POST", ACCEPT_PATH, task(hosts="{1: '10.0.0.5', 2: '10.0.0.6'}"))
     assert answer.json()["list_id"] == 1
     (saved,) = json.loads(standalone.state_file.read_text())
-    assert (saved["fields"]["task_name"], saved["hosts"]) == ("DBTT", {"1": "10.0.0.5", "2": "10.0.0.6"})
+    assert (saved["fields"]["task_name"], saved["hosts"]) == (
+        "DBTT",
+        {"1": "10.0.0.5", "2": "10.0.0.6"},
+    )
 
 
 def test_standalone_lists_tasks_and_requests_and_resets_over_http(standalone):
     send(standalone, "POST", ACCEPT_PATH, task(hosts="{1: '10.0.0.5', 2: '10.0.0.6'}"))
     assert [t["list_id"] for t in call(standalone, "GET", "/_fake/tasks").json()] == [1]
-    assert [r["method"] for r in call(standalone, "GET", "/_fake/requests").json()] == ["GET", "POST"]
+    assert [r["method"] for r in call(standalone, "GET", "/_fake/requests").json()] == [
+        "GET",
+        "POST",
+    ]
     call(standalone, "POST", "/_fake/reset")
     assert call(standalone, "GET", "/_fake/tasks").json() == []
     assert json.loads(standalone.state_file.read_text()) == []
+
+
+def test_standalone_refuses_a_key_file_that_is_not_a_jwt(tmp_path):
+    key_file = tmp_path / "auth_key"
+    key_file.write_text("molecule-test-key-4d1c2a0f\n")
+    command = [
+        sys.executable,
+        os.path.join(FAKES, "fake_codo.py"),
+        "--auth-key-file",
+        str(key_file),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "not a well-formed JWT" in result.stderr and "4d1c2a0f" not in result.stderr
 
 
 # --- the Gitaly runner, through real pushes --------------------------------
@@ -517,18 +1006,38 @@ class Project:
         self.hooks = tmp_path / "project.git" / "custom_hooks"
         self.git("init", "-q", "--bare", self.bare)
         subprocess.run(
-            [sys.executable, RUNNER, "install", self.bare, "--project-path", "ops/dbtt", "--project-id", "7"],
+            [
+                sys.executable,
+                RUNNER,
+                "install",
+                self.bare,
+                "--project-path",
+                "ops/dbtt",
+                "--project-id",
+                "7",
+            ],
             check=True,
         )
         self.git("clone", "-q", self.bare, self.clone)
         self.git("commit", "-q", "--allow-empty", "-m", "one", cwd=self.clone)
 
     def env(self, **extra):
-        return dict(PATH=os.environ["PATH"], HOME=str(self.tmp), CODO_LOG=str(self.log), **GIT_IDENTITY, **extra)
+        return dict(
+            PATH=os.environ["PATH"],
+            HOME=str(self.tmp),
+            CODO_LOG=str(self.log),
+            **GIT_IDENTITY,
+            **extra,
+        )
 
     def git(self, *args, cwd=None, env=None):
         return subprocess.run(
-            ["git", *args], cwd=cwd, env=env or self.env(), check=False, capture_output=True, text=True
+            ["git", *args],
+            cwd=cwd,
+            env=env or self.env(),
+            check=False,
+            capture_output=True,
+            text=True,
         )
 
     def hook(self, relative, body="", mode=0o755):
@@ -559,7 +1068,12 @@ def test_runner_runs_the_stage_hook_then_its_d_directory_in_alphabetical_order(p
     for name in ("pre-receive.d/b", "pre-receive", "pre-receive.d/a", "pre-receive.d/10-first"):
         project.hook(name)
     assert project.push("HEAD:refs/heads/main").returncode == 0
-    assert project.ran() == ["pre-receive", "pre-receive.d/10-first", "pre-receive.d/a", "pre-receive.d/b"]
+    assert project.ran() == [
+        "pre-receive",
+        "pre-receive.d/10-first",
+        "pre-receive.d/a",
+        "pre-receive.d/b",
+    ]
 
 
 def test_runner_skips_non_executables_directories_and_backup_files(project):
@@ -607,10 +1121,20 @@ def test_runner_runs_hooks_in_the_repository_directory(project):
 
 def test_runner_filters_the_environment_and_adds_gitlabs_variables(project):
     project.hook("pre-receive", 'env >> "$CODO_LOG"')
-    project.push("HEAD:refs/heads/main", GL_USERNAME="alice", LANG="C.UTF-8", PYTHONPATH="/nowhere", CODO_EXTRA="yes")
+    project.push(
+        "HEAD:refs/heads/main",
+        GL_USERNAME="alice",
+        LANG="C.UTF-8",
+        PYTHONPATH="/nowhere",
+        CODO_EXTRA="yes",
+    )
     env = dict(line.split("=", 1) for line in project.ran()[1:] if "=" in line)
     assert env["GL_USERNAME"] == "alice" and env["CODO_EXTRA"] == "yes"
-    assert (env["GL_PROJECT_PATH"], env["GL_REPOSITORY"], env["GL_PROTOCOL"]) == ("ops/dbtt", "project-7", "ssh")
+    assert (env["GL_PROJECT_PATH"], env["GL_REPOSITORY"], env["GL_PROTOCOL"]) == (
+        "ops/dbtt",
+        "project-7",
+        "ssh",
+    )
     assert "LANG" not in env and "PYTHONPATH" not in env and "GIT_AUTHOR_NAME" not in env
     assert "GIT_QUARANTINE_PATH" in env
 
@@ -629,8 +1153,18 @@ def server_wide(project, tmp_path):
     """The project's repository with Gitaly's custom_hooks_dir set, and a helper to add hooks there."""
     directory = tmp_path / "gitaly-custom-hooks"
     subprocess.run(
-        [sys.executable, RUNNER, "install", project.bare, "--project-path", "ops/dbtt", "--project-id", "7",
-         "--custom-hooks-dir", str(directory)],
+        [
+            sys.executable,
+            RUNNER,
+            "install",
+            project.bare,
+            "--project-path",
+            "ops/dbtt",
+            "--project-id",
+            "7",
+            "--custom-hooks-dir",
+            str(directory),
+        ],
         check=True,
     )
 
@@ -649,13 +1183,21 @@ def test_runner_runs_server_wide_hooks_after_the_projects_own(project, server_wi
     project.hook("pre-receive.d/z")
     project.hook("pre-receive")
     assert project.push("HEAD:refs/heads/main").returncode == 0
-    assert project.ran() == ["pre-receive", "pre-receive.d/z", "global/pre-receive.d/a", "global/pre-receive.d/b"]
+    assert project.ran() == [
+        "pre-receive",
+        "pre-receive.d/z",
+        "global/pre-receive.d/a",
+        "global/pre-receive.d/b",
+    ]
 
 
 def test_runner_runs_server_wide_hooks_for_a_project_without_custom_hooks(project, server_wide):
     server_wide("post-receive.d/codo-release", 'echo "$GL_PROJECT_PATH $(pwd -P)" >> "$CODO_LOG"')
     project.push("HEAD:refs/heads/main")
-    assert project.ran() == ["global/post-receive.d/codo-release", f"ops/dbtt {os.path.realpath(project.bare)}"]
+    assert project.ran() == [
+        "global/post-receive.d/codo-release",
+        f"ops/dbtt {os.path.realpath(project.bare)}",
+    ]
 
 
 def test_runner_ignores_a_server_wide_stage_file_outside_its_d_directory(project, server_wide):

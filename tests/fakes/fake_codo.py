@@ -2,7 +2,7 @@
 """A fake OpenDevOps (CODO) task platform: shared/codo-api.md, reply for reply.
 
 In tests:
-    with FakeCodo(auth_key="k", templates={32: [1]}) as fake:
+    with FakeCodo(auth_key=make_auth_key(), templates={32: [1]}) as fake:
         ... fake.url, fake.tasks, fake.requests, fake.set_fault("status", status=503, method="POST")
 
 Standalone (prints its URL, serves until killed):
@@ -11,17 +11,55 @@ Standalone (prints its URL, serves until killed):
 and driven over HTTP without auth: GET /_fake/tasks, GET /_fake/requests,
 GET|POST /_fake/fault, POST /_fake/reset.
 
-Standard library only: it also runs inside the Molecule containers.
+What every request meets, in the platform's order (shared/codo-api.md):
+1. csrf, for every method but GET unless an `Sdk-Method` header skips it: no `csrf_key` cookie at all
+   is HTTP 500, a made-up, used or expired one 402 `csrf error.`; neither sets a new `csrf_key`.
+   A live key passes once and is gone whatever happens next.
+2. A fresh `csrf_key` cookie, on every reply from here on (401, 405 and 500 included).
+3. Login: the `auth_key` cookie (or `?auth_key=`). Missing, or a JWT without `data.user_id`: 401
+   `你没有登录`. Not a JWT at all (three base64url parts, JSON objects for header and payload): 500.
+   Signatures and `exp` are not checked; a fake built with `auth_key=K` also refuses, with 401, any
+   other well-formed key (so tests see a wrong key), one built with `auth_key=None` takes any
+   well-formed key with a user_id.
+4. The method: PUT and DELETE on the accept and git hooks paths are 405 with an empty body.
+5. The handler: bad input (unknown template, bad JSON, bad field) is 500 and creates no task.
+
+Faults (set_fault / add_fault, or POST /_fake/fault with the same names as JSON); each can be limited
+with `times`, `method` and `path`. Unless said otherwise a fault answers without reaching the
+service: no csrf key used, no task created, no csrf cookie set.
+- hang: no answer until the fault is cleared (then the normal answer) or the server stops (none).
+- slow: the normal answer after `seconds`.
+- non_json: 200 with the platform's HTML login page.
+- status: `status` with its usual page (a 2xx: an empty body, 204 never has one) or `body`.
+- commit_then_status: the service handles the request (a task is created if it would be), then the
+  reply's status becomes `status`; the body stays the platform's JSON unless `body` is given.
+- commit_then_500: commit_then_status with 500 `服务器内部错误`, only when a task was created.
+- close_after_body: the service handles the request, then the connection closes without a reply.
+- redirect: `status` (default 302; any 3xx) with a `Location: <location>` header and a small nginx page.
+- drip: the normal answer (a task created if it would be), its body padded with spaces to `size`
+  bytes if given, sent a few bytes at a time so that the whole body takes `seconds`.
+- flood: the normal answer (a task created if it would be), its body padded with spaces to `size`
+  bytes (default 64 MiB), streamed in 64 KiB chunks with Content-Length, or chunked with `chunked`.
+  The padded body is valid JSON: only a client that reads it whole can take it as success.
+- message: a 200 JSON reply `{"code": code, "msg": msg}` (defaults 0 and ""); with `create` the
+  service handles the request first and, when it created a task, `list_id` is added; without it no
+  task is created. The JSON is ASCII-escaped like Tornado's, so CR/LF in `msg` travel as `\\r\\n`.
+
+Standard library only, Python 3.8+: it also runs inside the Molecule containers.
 """
+
+from __future__ import annotations
 
 import argparse
 import ast
 import base64
+import binascii
 import dataclasses
 import datetime
 import ipaddress
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -56,7 +94,22 @@ GIT_HOOKS_DEFAULT_HOSTS = {1: "127.0.0.1", 2: "127.0.0.1"}  # the platform's own
 CSRF_KEY_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's
 CSRF_KEY_CHARS = 22
 
-FAULT_KINDS = ("hang", "slow", "commit_then_500", "non_json", "status", "close_after_body")
+FAULT_KINDS = (
+    "hang",
+    "slow",
+    "commit_then_500",
+    "commit_then_status",
+    "non_json",
+    "status",
+    "close_after_body",
+    "redirect",
+    "drip",
+    "flood",
+    "message",
+)
+DEFAULT_STATUS = {"redirect": 302, "commit_then_status": 500, "commit_then_500": 500}  # others: 503
+FLOOD_SIZE = 64 * 1024 * 1024
+STREAM_CHUNK = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -75,7 +128,9 @@ class Task:
         return ast.literal_eval(self.fields["args"])
 
     def as_json(self):
-        return dict(dataclasses.asdict(self), hosts={str(group): ips for group, ips in self.hosts.items()})
+        return dict(
+            dataclasses.asdict(self), hosts={str(group): ips for group, ips in self.hosts.items()}
+        )
 
 
 @dataclasses.dataclass
@@ -112,15 +167,32 @@ class Fault:
     times: int | None = None  # only the next N matching requests; None: until cleared
     method: str | None = None  # only requests with this method
     path: str | None = None  # only requests to this path
-    seconds: float = 5.0  # slow: the delay
-    status: int = 503  # status: the HTTP status to answer
+    seconds: float = 5.0  # slow: the delay; drip: how long the whole body takes
+    status: int | None = None  # status, commit_then_status, redirect: the HTTP status to answer
+    location: str | None = None  # redirect: the Location header
+    size: int | None = None  # drip, flood: the body's length in bytes (padded with spaces)
+    chunked: bool = False  # drip, flood: Transfer-Encoding: chunked instead of Content-Length
+    body: str | None = None  # status, commit_then_status: the body instead of the usual one
+    code: int = 0  # message: the reply's code
+    msg: str = ""  # message: the reply's msg
+    create: bool = False  # message: let the service create the task first
     hits: int = 0
-    released: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False, compare=False)
+    released: threading.Event = dataclasses.field(
+        default_factory=threading.Event, repr=False, compare=False
+    )
 
     def __post_init__(self):
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {self.kind!r}; known: {', '.join(FAULT_KINDS)}")
         self.method = self.method.upper() if self.method else None
+        if self.status is None:
+            self.status = DEFAULT_STATUS.get(self.kind, 503)
+        if not isinstance(self.status, int) or not 100 <= self.status <= 599:
+            raise ValueError(f"not an HTTP status: {self.status!r}")
+        if self.kind == "redirect" and (not 300 <= self.status <= 399 or not self.location):
+            raise ValueError("redirect needs a 3xx status and a location")
+        if self.kind == "flood" and self.size is None:
+            self.size = FLOOD_SIZE
 
     def take(self, method, path):
         """Count this request against the fault if it matches; True if the fault applies."""
@@ -131,7 +203,11 @@ class Fault:
         return True
 
     def as_json(self):
-        return {name: getattr(self, name) for name in ("kind", "times", "method", "path", "seconds", "status", "hits")}
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name != "released"
+        }
 
 
 @dataclasses.dataclass
@@ -141,6 +217,10 @@ class Reply:
     content_type: str = "text/html; charset=UTF-8"
     task: Task | None = None  # the task this request created, if any
     csrf_key: str | None = None  # the fresh key the reply sets as a cookie
+    headers: tuple = ()  # more (name, value) headers
+    size: int | None = None  # pad the body with spaces to this many bytes
+    seconds: float = 0.0  # spread the body over this long
+    chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
 
 
 def json_reply(payload, task=None, status=200):
@@ -149,7 +229,16 @@ def json_reply(payload, task=None, status=200):
 
 
 PLATFORM_PAGES = {401: NOT_LOGGED_IN, 402: CSRF_ERROR, 404: NOT_FOUND_PAGE, 500: SERVER_ERROR}
-GATEWAY_REASONS = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
+GATEWAY_REASONS = {
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+    502: "Bad Gateway",
+    503: "Service Temporarily Unavailable",
+    504: "Gateway Time-out",
+}
 
 
 def status_page(status):
@@ -166,17 +255,56 @@ class ServerError(Exception):
 
 # What bad input makes the platform's handlers raise (json, literal_eval, int, strptime, the INSERT).
 # Tornado answers each with a bare 500; anything else is a bug of this fake and should surface.
-BAD_INPUT = (ServerError, ValueError, TypeError, KeyError, AttributeError, SyntaxError, RecursionError)
+BAD_INPUT = (
+    ServerError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    SyntaxError,
+    RecursionError,
+)
 
 
 def make_auth_key(user_id=1, username="githook", nickname="githook"):
-    """A JWT-shaped key like the admin service mints (the fake checks only that it matches)."""
+    """A JWT like the admin service mints (HS256-shaped, signature random: nobody checks it)."""
 
     def part(value):
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
-    payload = {"exp": 4102444800, "data": {"user_id": user_id, "username": username, "nickname": nickname}}
-    return ".".join([part({"typ": "JWT", "alg": "HS256"}), part(payload), secrets.token_urlsafe(32)])
+    payload = {
+        "exp": 4102444800,
+        "data": {"user_id": user_id, "username": username, "nickname": nickname},
+    }
+    return ".".join(
+        [part({"typ": "JWT", "alg": "HS256"}), part(payload), secrets.token_urlsafe(32)]
+    )
+
+
+def jwt_payload(value):
+    """The payload of a well-formed JWT: three base64url parts, header and payload JSON objects.
+    None for anything else (the platform answers such a key with a 500)."""
+    parts = (value or "").split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        header, payload = (json.loads(_base64url(part)) for part in parts[:2])
+        _base64url(parts[2])
+    except ValueError:  # binascii.Error, JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return payload if isinstance(header, dict) and isinstance(payload, dict) else None
+
+
+def jwt_user_id(value):
+    """The key's `data.user_id`, None when it has none (or is not a JWT)."""
+    data = (jwt_payload(value) or {}).get("data")
+    return data.get("user_id") if isinstance(data, dict) else None
+
+
+def _base64url(part):
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", part):
+        raise binascii.Error("not base64url")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
 def unused_port():
@@ -189,6 +317,9 @@ def unused_port():
 class FakeCodo:
     """The CODO task service behind its gateway, on 127.0.0.1.
 
+    auth_key: the one key accepted (a well-formed JWT with data.user_id, see make_auth_key; anything
+        else is a ValueError); other well-formed keys get 401. None: any well-formed JWT carrying a
+        user_id is accepted, as on the real server, and self.auth_key is one such key.
     templates: {template_id: [group numbers]}, default {32: [1]}.
     repos: {(git_url, relative_path): {tag_prefix: rule}} for the git hooks endpoint; a rule is
         {"temp_id": 32, "schedule": "ready", "hosts": {1: "10.0.0.5"}} (schedule defaults to
@@ -207,6 +338,11 @@ class FakeCodo:
         nickname="githook",
         verbose=False,
     ):
+        if auth_key is not None and not jwt_user_id(auth_key):
+            raise ValueError(
+                "auth_key must be a well-formed JWT carrying data.user_id: see make_auth_key()"
+            )
+        self.accept_any_key = auth_key is None
         self.auth_key = auth_key or make_auth_key(nickname=nickname)
         self.templates = dict(templates or {32: [1]})
         self.repos = dict(repos or {})
@@ -296,7 +432,10 @@ class FakeCodo:
     # --- faults ------------------------------------------------------------
 
     def set_fault(self, kind, **limits):
-        """Replace all faults by one. Limits: times, method, path; seconds (slow); status (status)."""
+        """Replace all faults by one. Limits: times, method, path. Parameters, per kind (see the
+        module docstring): seconds (slow, drip); status (status, commit_then_status, redirect);
+        location (redirect); size, chunked (drip, flood); body (status, commit_then_status);
+        code, msg, create (message)."""
         self.clear_faults()
         return self.add_fault(kind, **limits)
 
@@ -325,7 +464,7 @@ class FakeCodo:
         url = urlsplit(http.path)
         body = http.rfile.read(int(http.headers.get("Content-Length") or 0))
         if url.path.startswith(CONTROL_PREFIX):
-            return _send(http, self._control(http.command, url.path, body))
+            return _send(http, self._control(http.command, url.path, body), self._stopping)
         request = Received(
             method=http.command,
             path=url.path,
@@ -344,7 +483,7 @@ class FakeCodo:
             http.close_connection = True
             return
         request.status = reply.status
-        _send(http, reply)
+        _send(http, reply, self._stopping)
 
     def _faulted(self, fault, request):
         """The reply to send once the fault has played; None: send nothing, close the connection."""
@@ -354,16 +493,41 @@ class FakeCodo:
         elif kind == "slow":
             self._stopping.wait(fault.seconds)
         if kind == "status":
-            return Reply(fault.status, status_page(fault.status))
+            return Reply(
+                fault.status, _status_body(fault.status) if fault.body is None else fault.body
+            )
         if kind == "non_json":
             return Reply(200, LOGIN_PAGE)
+        if kind == "redirect":
+            return Reply(
+                fault.status, status_page(fault.status), headers=(("Location", fault.location),)
+            )
+        if kind == "message" and not fault.create:
+            return json_reply({"code": fault.code, "msg": fault.msg})
         if self._stopping.is_set():
             return None
         reply = self._answer(request)
         if kind == "close_after_body":
             return None
         if kind == "commit_then_500" and reply.task:
-            return dataclasses.replace(reply, status=500, body=SERVER_ERROR, content_type="text/html; charset=UTF-8")
+            return dataclasses.replace(
+                reply, status=500, body=SERVER_ERROR, content_type="text/html; charset=UTF-8"
+            )
+        if kind == "commit_then_status":
+            body = reply.body if fault.body is None else fault.body
+            return dataclasses.replace(
+                reply, status=fault.status, body="" if fault.status == 204 else body
+            )
+        if kind == "message":
+            payload = {"code": fault.code, "msg": fault.msg}
+            if reply.task:
+                payload["list_id"] = reply.task.list_id
+            return dataclasses.replace(json_reply(payload, reply.task), csrf_key=reply.csrf_key)
+        if kind in ("drip", "flood"):
+            seconds = fault.seconds if kind == "drip" else 0.0
+            return dataclasses.replace(
+                reply, size=fault.size, chunked=fault.chunked, seconds=seconds
+            )
         return reply
 
     def _answer(self, request):
@@ -371,11 +535,18 @@ class FakeCodo:
         methods = ROUTE_METHODS.get(request.path)
         if methods is None:
             return Reply(404, NOT_FOUND_PAGE)
-        csrf_passed = request.method == "GET" or self._csrf_exempt(request) or self._consume_csrf(request)
+        if request.method != "GET" and not self._csrf_exempt(request):
+            if not request.cookies.get("csrf_key"):
+                request.error = "no csrf_key cookie"  # websdk's check crashes: 500, no new key
+                return Reply(500, SERVER_ERROR)
+            if not self._consume_csrf(request):
+                return Reply(402, CSRF_ERROR)  # no new key either
         csrf_key = self._issue_csrf_key()
-        if not csrf_passed:
-            reply = Reply(402, CSRF_ERROR)
-        elif self._auth_key_of(request) != self.auth_key:
+        auth_key = self._auth_key_of(request)
+        if auth_key and jwt_payload(auth_key) is None:
+            request.error = "auth_key is not a JWT"
+            reply = Reply(500, SERVER_ERROR)
+        elif not self._logged_in(auth_key):
             reply = Reply(401, NOT_LOGGED_IN)
         elif request.method not in methods:
             reply = Reply(405)
@@ -384,8 +555,17 @@ class FakeCodo:
         reply.csrf_key = csrf_key
         return reply
 
+    def _logged_in(self, auth_key):
+        if not jwt_user_id(auth_key):
+            return False
+        return self.accept_any_key or auth_key == self.auth_key
+
     def _handled(self, request, csrf_key):
-        handler = {ACCEPT_PATH: self._accept, GIT_HOOKS_PATH: self._git_hooks, EXEC_USERS_PATH: self._exec_user}
+        handler = {
+            ACCEPT_PATH: self._accept,
+            GIT_HOOKS_PATH: self._git_hooks,
+            EXEC_USERS_PATH: self._exec_user,
+        }
         try:
             return handler[request.path](request, csrf_key)
         except BAD_INPUT as error:
@@ -428,7 +608,11 @@ class FakeCodo:
         if request.method == "GET":
             return self._csrf_reply(csrf_key)
         data = _json_object(request.body)
-        git_url, relative_path, tag = data.get("git_url"), data.get("relative_path"), data.get("tag_name")
+        git_url, relative_path, tag = (
+            data.get("git_url"),
+            data.get("relative_path"),
+            data.get("tag_name"),
+        )
         if not git_url or not relative_path or not tag:
             return json_reply({"code": -1, "msg": "Key parameters cannot be empty"})
         if (git_url, relative_path) not in self.repos:
@@ -473,12 +657,25 @@ class FakeCodo:
                 return json_reply({"code": 5, "msg": "ip格式有误"})
         _check_columns(fields)
         with self._lock:
-            task = Task(self._next_list_id, request.path, request.text, fields, {g: hosts[g] for g in groups})
+            task = Task(
+                self._next_list_id,
+                request.path,
+                request.text,
+                fields,
+                {g: hosts[g] for g in groups},
+            )
             self._next_list_id += 1
             self._tasks.append(task)
             self._lock.notify_all()
             self._save_state()
-        return json_reply({"code": 0, "msg": f"Task creation success, ID：{task.list_id}", "list_id": task.list_id}, task)
+        return json_reply(
+            {
+                "code": 0,
+                "msg": f"Task creation success, ID：{task.list_id}",
+                "list_id": task.list_id,
+            },
+            task,
+        )
 
     def _template_groups(self, temp_id):
         for known, groups in self.templates.items():
@@ -523,7 +720,9 @@ class FakeCodo:
     def _delete_exec_user(self, data):
         if not data.get("exec_user_id"):
             return json_reply({"code": -1, "msg": "ID不能为空"})
-        self._exec_users = [user for user in self._exec_users if str(user["id"]) != str(data["exec_user_id"])]
+        self._exec_users = [
+            user for user in self._exec_users if str(user["id"]) != str(data["exec_user_id"])
+        ]
         return json_reply({"code": 0, "msg": "删除成功"})
 
     # --- control over HTTP (standalone use) --------------------------------
@@ -548,7 +747,9 @@ class FakeCodo:
         self.clear_faults()
         try:
             wanted = json.loads(body or b"{}")
-            for limits in wanted if isinstance(wanted, list) else [wanted] if wanted.get("kind") else []:
+            for limits in (
+                wanted if isinstance(wanted, list) else [wanted] if wanted.get("kind") else []
+            ):
                 self.add_fault(**limits)
         except (AttributeError, TypeError, ValueError) as error:
             return json_reply({"error": f"not a fault: {error}"}, status=400)
@@ -560,7 +761,9 @@ class FakeCodo:
             return
         scratch = f"{self.state_file}.{os.getpid()}.tmp"
         with open(scratch, "w", encoding="utf-8") as handle:
-            json.dump([task.as_json() for task in self._tasks], handle, ensure_ascii=False, indent=1)
+            json.dump(
+                [task.as_json() for task in self._tasks], handle, ensure_ascii=False, indent=1
+            )
         os.replace(scratch, self.state_file)
 
     def _track(self, connection, is_open):
@@ -594,19 +797,63 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def _send(http, reply):
+def _status_body(status):
+    return "" if 200 <= status <= 299 else status_page(status)
+
+
+def _send(http, reply, stopping):
     body = reply.body.encode("utf-8")
+    size = max(len(body), reply.size or 0)
+    has_body = reply.status not in (204, 304) and reply.status >= 200
     try:
         http.send_response(reply.status)
         http.send_header("Content-Type", reply.content_type)
-        http.send_header("Content-Length", str(len(body)))
+        if has_body and reply.chunked:
+            http.send_header("Transfer-Encoding", "chunked")
+        elif has_body:
+            http.send_header("Content-Length", str(size))
+        for name, value in reply.headers:
+            http.send_header(name, value)
         if reply.csrf_key:
             http.send_header("Set-Cookie", f"csrf_key={reply.csrf_key}; Path=/")
         http.end_headers()
-        if http.command != "HEAD":
-            http.wfile.write(body)
+        if has_body and http.command != "HEAD":
+            _send_body(http, body, size, reply, stopping)
     except OSError:  # the client gave up (its timeout); the platform does not care either
         http.close_connection = True
+
+
+def _send_body(http, body, size, reply, stopping):
+    """The body, padded with spaces to `size`, in pieces: all at once, in chunks, or dripping."""
+    steps = (
+        max(1, min(size, int(reply.seconds * 100)))
+        if reply.seconds > 0
+        else max(1, -(-size // STREAM_CHUNK))
+    )
+    piece = -(-size // steps)
+    padding = b" " * min(piece, STREAM_CHUNK)
+    started, sent = time.monotonic(), 0
+    while sent < size:
+        end = min(size, sent + piece)
+        if reply.seconds > 0 and stopping.wait(
+            max(0.0, started + reply.seconds * end / size - time.monotonic())
+        ):
+            http.close_connection = True
+            return
+        data = body[sent:end]
+        while len(data) < end - sent:
+            data += padding[: end - sent - len(data)]
+        _write(http, data, reply.chunked)
+        sent = end
+    if reply.chunked:
+        http.wfile.write(b"0\r\n\r\n")
+
+
+def _write(http, data, chunked):
+    if chunked:
+        http.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+    else:
+        http.wfile.write(data)
 
 
 def _shut(connection):
@@ -678,17 +925,31 @@ def _repos(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=0, help="default: any free port")
-    parser.add_argument("--auth-key-file", required=True, help="the one auth_key the platform accepts")
-    parser.add_argument("--template", type=_template, action="append", help="TEMP_ID:GROUP,GROUP (repeatable)")
-    parser.add_argument("--repos-file", help="git hooks rules, a JSON list of {git_url, relative_path, hooks}")
+    parser.add_argument(
+        "--auth-key-file", required=True, help="the one auth_key accepted: a JWT with data.user_id"
+    )
+    parser.add_argument(
+        "--template", type=_template, action="append", help="TEMP_ID:GROUP,GROUP (repeatable)"
+    )
+    parser.add_argument(
+        "--repos-file", help="git hooks rules, a JSON list of {git_url, relative_path, hooks}"
+    )
     parser.add_argument("--state-file", help="keep the created tasks in this JSON file")
-    parser.add_argument("--no-sdk-csrf-skip", action="store_true", help="check csrf even with an Sdk-Method header")
+    parser.add_argument(
+        "--no-sdk-csrf-skip", action="store_true", help="check csrf even with an Sdk-Method header"
+    )
     parser.add_argument("--verbose", action="store_true", help="log each request to stderr")
     options = parser.parse_args(argv)
     with open(options.auth_key_file, encoding="utf-8") as handle:
         auth_key = handle.read().strip()
+    if not jwt_user_id(auth_key):
+        parser.error(
+            f"{options.auth_key_file}: not a well-formed JWT carrying data.user_id (see make_auth_key)"
+        )
     fake = FakeCodo(
         auth_key=auth_key,
         templates=dict(options.template) if options.template else None,
