@@ -2196,7 +2196,7 @@ def nested_repeat(pattern):
 
 
 def _nests(items, inside, parser):
-    constants = getattr(parser, "_constants", None) or __import__("sre_constants")
+    constants = parser  # the parser module re-exports the opcodes it builds trees of
     repeats = (constants.MAX_REPEAT, constants.MIN_REPEAT)
     for op, value in items:
         children = []
