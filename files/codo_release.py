@@ -100,6 +100,7 @@ CODO_DEFAULTS = {
     "task_link": None,
     "gitlab_url": None,
     "down_memory_s": 60,
+    "settle_after_s": 120,
 }
 TOP_DEFAULTS = {
     "codo": None,
@@ -396,6 +397,7 @@ SECONDS_LIMITS = {
     "read_timeout_s": 300,
     "budget_s": 600,
     "down_memory_s": 86400,
+    "settle_after_s": 86400,
 }
 LOG_BYTES_LIMITS = (1, 1 << 31)
 DIGITS = frozenset("0123456789")
@@ -808,8 +810,10 @@ CSRF_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 
 
 class Result:
-    def __init__(self, outcome, detail, task_id=None, platform_down=False):
+    def __init__(self, outcome, detail, task_id=None, platform_down=False, error_reply=False):
         self.outcome, self.detail, self.task_id = outcome, detail, task_id
+        self.error_reply = error_reply  # uncertain after the platform answered with an error
+        self.body = None  # what was posted, kept with an uncertain release to settle it by
         self.platform_down = (
             platform_down  # nothing got through: later releases skip straight to the spool
         )
@@ -890,6 +894,7 @@ class Platform:
                 time.sleep(max(min(0.2 * 2**attempt, budget.left() - 0.5), 0))
             result = self._attempt(path, body, budget, template_id)
             if result.outcome != "retry":
+                result.body = body
                 return result
             detail = result.detail
         return Result(PENDING, detail or "time budget used up", platform_down=True)
@@ -1024,12 +1029,15 @@ class Platform:
         if status == 401:
             return Result(PENDING, self._key_refused())
         if status == 500:
-            return Result(UNCERTAIN, _server_error_detail(template_id), platform_down=True)
+            return Result(
+                UNCERTAIN, _server_error_detail(template_id), platform_down=True, error_reply=True
+            )
         if status >= 500:
             return Result(
                 UNCERTAIN,
                 f"HTTP {status} from the platform's gateway to the task",
                 platform_down=True,
+                error_reply=True,
             )
         if status != 200:
             if 200 <= status < 300:
@@ -1062,6 +1070,93 @@ class Platform:
             task_id = _task_id_in(message)
         return Result(SENT, message, task_id=task_id)
 
+    # --- reading tasks back: settling an uncertain release ------------------
+
+    def find_task(self, posted, budget):
+        """("found", list_id), ("absent", None) or ("unknown", why) for a posted task body.
+
+        A submission is known exactly by (task_name, temp_id, args, exec_time): the platform
+        stores args byte for byte and exec_time as start_time. The unfinished list is read first,
+        then the finished one: a task only ever moves from the first to the second, so one that
+        is in neither, read in that order, does not exist. Absence is proven only if the caller
+        made sure the key can see the task (see key_sees_submitter)."""
+        wanted = (posted["task_name"], str(posted["temp_id"]), posted["args"], posted["exec_time"])
+        try:
+            with budget:
+                task_id = self._search(TASK_LIST_PATH, wanted, budget, 100, None)
+                if task_id is None:
+                    task_id = self._search(
+                        TASK_HISTORY_PATH, wanted, budget, 500, posted["task_name"]
+                    )
+        except BudgetExceeded:
+            return "unknown", "the time budget ran out while reading the platform's task lists"
+        except (_Unreachable, _NotSent, _MaybeSent, _Unreadable) as error:
+            return "unknown", str(error)
+        return ("found", task_id) if task_id is not None else ("absent", None)
+
+    def _search(self, path, wanted, budget, limit, search):
+        """The list_id of the wanted task in one of the platform's task lists, or None once the
+        list is read to its end (or past where the task could be)."""
+        oldest = _day_before(wanted[3])
+        for page in range(1, SEARCH_PAGES + 1):
+            query = {"page": page, "limit": limit}
+            if search:
+                query["search_val"] = search
+            rows, count = self._page(path, query, budget)
+            for row in rows:
+                if (
+                    row.get("task_name"),
+                    str(row.get("temp_id")),
+                    row.get("args"),
+                    row.get("start_time"),
+                ) == wanted:
+                    return row["list_id"]
+            if page * limit >= count:
+                return None
+            # Newest first: past rows older than the task (a day's slack for the two clocks) it cannot be.
+            times = [
+                row.get("start_time" if path == TASK_LIST_PATH else "create_time") for row in rows
+            ]
+            if times and all(
+                isinstance(t, str) and t < (wanted[3] if path == TASK_LIST_PATH else oldest)
+                for t in times
+            ):
+                return None
+        raise _Unreadable(
+            f"the platform's task list is longer than {SEARCH_PAGES} pages: not searched to its end"
+        )
+
+    def _page(self, path, query, budget):
+        from urllib.parse import urlencode
+
+        url = f"{self.base}{path}?{urlencode(query)}"
+        status, _headers, payload = self._request("GET", url, budget)
+        if status != 200 or not isinstance(payload, dict) or payload.get("code") != 0:
+            raise _Unreadable(f"the platform's task list could not be read (HTTP {status})")
+        rows, count = payload.get("data"), payload.get("count")
+        if not isinstance(rows, list) or type(count) is not int:
+            raise _Unreadable("the platform's task list is not in its usual shape")
+        rows = [row for row in rows if isinstance(row, dict) and type(row.get("list_id")) is int]
+        return rows, count
+
+    def template_exists(self, template_id, budget):
+        """True, False, or None when the platform cannot tell."""
+        from urllib.parse import urlencode
+
+        url = f"{self.base}{TEMPLATE_PATH}?{urlencode({'key': 'temp_id', 'value': template_id})}"
+        try:
+            with budget:
+                status, _headers, payload = self._request("GET", url, budget)
+        except (BudgetExceeded, _Unreachable, _NotSent, _MaybeSent):
+            return None
+        if (
+            status != 200
+            or not isinstance(payload, dict)
+            or not isinstance(payload.get("data"), list)
+        ):
+            return None
+        return bool(payload["data"])
+
     def _timeouts(self, budget):
         left = max(budget.left(), 0.01)
         return (min(self.codo["connect_timeout_s"], left), min(self.codo["read_timeout_s"], left))
@@ -1086,6 +1181,49 @@ class _NotSent(Exception):
 
 class _MaybeSent(Exception):
     """The task's body may have reached the platform, and no reply says what became of it."""
+
+
+class _Unreadable(Exception):
+    """The platform's task lists could not be read to a conclusion."""
+
+
+TASK_LIST_PATH = "/api/task/v2/task/list/"
+TASK_HISTORY_PATH = "/api/task/v2/task/check_history/"
+TEMPLATE_PATH = "/api/task/v2/task_layout/temp/"
+SEARCH_PAGES = 40
+
+
+def _day_before(exec_time):
+    """exec_time less a day, in the platform's format: how far apart its clock and ours may be."""
+    try:
+        stamp = time.mktime(time.strptime(exec_time, "%Y-%m-%d %H:%M:%S"))
+    except (ValueError, OverflowError):
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp - 86400))
+
+
+def key_sees_submitter(key, submitter):
+    """'' when the key can see tasks posted with this submitter (a superuser's key, or submitter
+    equal to its username or nickname), else why not: then a lookup proves nothing."""
+    data = jwt_claims(key).get("data")
+    data = data if isinstance(data, dict) else {}
+    if data.get("is_superuser") in (True, 1):
+        return ""
+    names = [
+        name
+        for name in (data.get("username"), data.get("nickname"))
+        if isinstance(name, str) and name
+    ]
+    if submitter in names:
+        return ""
+    return (
+        "the key cannot see the hook's tasks (not a superuser's key, and submitter {} is not its username "
+        "or nickname{}): set the project's submitter to {} so that flush can look its tasks up".format(
+            one_line(repr(submitter), 60),
+            " " + one_line(repr(names), 80) if names else "",
+            one_line(repr(names[0]), 60) if names else "the key's username",
+        )
+    )
 
 
 def _read_limited(reply):
@@ -1939,6 +2077,7 @@ class Sender:
             fields["task_id"] = result.task_id
         if result.outcome == SKIPPED:
             fields["skipped"] = result.detail
+        fields.update(uncertain_fields(result))
         try:
             claim.settle(state, **fields)
             unrecorded = ""
@@ -1980,6 +2119,17 @@ class Sender:
             f"{tag} NOT released and NOT kept: {result.detail}; {error}. Delete the tag and push it again"
         )
         return "lost"
+
+
+def uncertain_fields(result):
+    """What an uncertain release keeps so that flush can settle it: the body as posted, and when."""
+    if result.outcome != UNCERTAIN:
+        return {}
+    return {
+        "posted_body": result.body,
+        "uncertain_since": time.time(),
+        "error_reply": result.error_reply,
+    }
 
 
 def _template_of(config, rule):
@@ -2286,6 +2436,8 @@ def _state_dir(args):
 def flush(args):
     spool = Spool(_state_dir(args))
     spool.recover_abandoned()
+    if not args.include_uncertain:
+        settle_uncertain(spool)
     states = [PENDING] + [UNCERTAIN] * args.include_uncertain + [FAILED] * args.include_failed
     queue = sorted((entry_id, state) for state in states for entry_id in spool.ids(state))
     delivered = 0
@@ -2305,7 +2457,9 @@ def flush(args):
         )
     if left[UNCERTAIN] and not args.include_uncertain:
         say(
-            f"{left[UNCERTAIN]} uncertain release(s) need a person: check the platform for the tasks, then flush --include-uncertain"
+            f"{left[UNCERTAIN]} uncertain release(s) not settled yet: flush looks them up in the platform once "
+            "codo.settle_after_s has passed (`status` says why one cannot be); to resend one unlooked, after "
+            "checking the platform by hand: flush --include-uncertain"
         )
     if spool.ignored:
         say(
@@ -2352,7 +2506,11 @@ def resend(spool, claim):
     )
     outcome = {SENT: SENT, SKIPPED: SENT}.get(result.outcome, result.outcome)
     _settle_quietly(
-        claim, outcome, None if outcome == SENT else result.detail, task_id=result.task_id
+        claim,
+        outcome,
+        None if outcome == SENT else result.detail,
+        task_id=result.task_id,
+        **uncertain_fields(result),
     )
     if result.outcome == SENT:
         DownMarker(config.state_dir, 0).clear()
@@ -2375,6 +2533,115 @@ def resend(spool, claim):
     if result.outcome == PENDING and result.platform_down:
         return "platform_down"
     return result.outcome
+
+
+def settle_uncertain(spool):
+    """Look each uncertain release up in the platform, once codo.settle_after_s has passed since it
+    became uncertain: found, it is sent (with its task id); proven absent, it goes back to pending
+    and this flush sends it again, once; anything else leaves it uncertain with the reason."""
+    now = time.time()
+    for entry in spool.entries(UNCERTAIN):
+        since = entry.get("uncertain_since")
+        if not isinstance(since, (int, float)) or isinstance(since, bool):
+            continue  # from before settling existed, or without a body: a person's call
+        claim = spool.claim(UNCERTAIN, entry["id"])
+        if claim is None:
+            continue
+        try:
+            config = installed_config(spool, claim.entry)
+        except ConfigError as error:
+            _settle_quietly(
+                claim, UNCERTAIN, claim.entry.get("last_error"), settle_note=f"not settled: {error}"
+            )
+            continue
+        if now - since < config.codo["settle_after_s"]:
+            _settle_quietly(claim, UNCERTAIN, claim.entry.get("last_error"))
+            continue
+        settle_one(config, claim)
+
+
+def settle_one(config, claim):
+    entry = claim.entry
+    tag = shown(entry["tag"])
+    outcome, detail, task_id = UNCERTAIN, "", None
+    try:
+        posted = parse_json(entry.get("posted_body") or "")
+        key = read_auth_key(config.codo)
+    except (ValueError, RecursionError):
+        posted, key = None, None
+    except ConfigError as error:
+        posted, key, detail = None, None, f"not settled: {error}"
+    if config.codo["api"] != "task_accept" or not isinstance(posted, dict):
+        detail = (
+            detail
+            or "not settled: the platform's git_hooks API builds the task itself, so it cannot be looked up"
+        )
+    elif not all(
+        isinstance(posted.get(k), str)
+        for k in ("task_name", "temp_id", "args", "exec_time", "submitter")
+    ):
+        detail = "not settled: the posted body is not the hook's"
+    else:
+        detail = key_sees_submitter(key, posted["submitter"])
+        if detail:
+            detail = "not settled: " + detail
+        else:
+            platform = Platform(config.codo, key, config.codo["auth_key_file"])
+            found, task_id = platform.find_task(posted, Budget(config.codo["budget_s"] * 3))
+            if found == "found":
+                outcome = SENT
+            elif (
+                found == "absent"
+                and entry.get("error_reply")
+                and platform.template_exists(posted["temp_id"], Budget(config.codo["budget_s"]))
+                is False
+            ):
+                outcome = FAILED
+                detail = "the platform has no template {} (its 500 created nothing): fix the rule's template_id, then flush --include-failed".format(
+                    one_line(posted["temp_id"], 20)
+                )
+            elif found == "absent":
+                outcome, detail = PENDING, "the platform has no such task: sent again"
+            else:
+                detail = f"not settled: {task_id}"
+                task_id = None
+    if outcome == UNCERTAIN:  # the reason it is uncertain stays; why it is not settled beside it
+        _settle_quietly(claim, UNCERTAIN, entry.get("last_error"), settle_note=detail)
+    else:
+        cleared = dict.fromkeys(("posted_body", "uncertain_since", "error_reply", "settle_note"))
+        _settle_quietly(
+            claim,
+            outcome,
+            None if outcome == SENT else detail,
+            task_id=task_id,
+            settled=outcome,
+            **cleared,
+        )
+    if outcome == SENT:
+        failure = (
+            "; the platform reported a failure when it took it, so the task may need restarting there "
+            "(a task created while its queue was down stays at ready)"
+            if entry.get("error_reply")
+            else ""
+        )
+        detail = f"found as task {task_id}" + failure
+        link = task_link(config.codo, task_id)
+        say(
+            f"{tag} settled: the platform has it as task {task_id}{': ' + link if link else ''}{failure}"
+        )
+    elif outcome != UNCERTAIN:
+        say(f"{tag} settled: {detail}")
+    log_event(
+        config,
+        project=entry.get("project"),
+        ref=entry["ref"],
+        stage="flush",
+        user=entry.get("user"),
+        outcome="settled",
+        detail=f"{outcome}: {detail}",
+        task_id=task_id,
+        spool_id=entry["id"],
+    )
 
 
 def installed_config(spool, entry):
@@ -2438,7 +2705,8 @@ def status(args):
                 one_line(entry.get("project"), 100),
                 shown(entry["tag"]),
                 entry.get("attempts", 0),
-                one_line(entry.get("last_error"), 300),
+                one_line(entry.get("last_error"), 300)
+                + (f" ({one_line(entry['settle_note'], 300)})" if entry.get("settle_note") else ""),
             )
         )
     for path, why in sorted(spool.ignored.items()):
