@@ -101,6 +101,7 @@ CODO_DEFAULTS = {
     "gitlab_url": None,
     "down_memory_s": 60,
     "settle_after_s": 120,
+    "follow_deadline_s": 21600,
 }
 TOP_DEFAULTS = {
     "codo": None,
@@ -398,6 +399,7 @@ SECONDS_LIMITS = {
     "budget_s": 600,
     "down_memory_s": 86400,
     "settle_after_s": 86400,
+    "follow_deadline_s": 30 * 86400,
 }
 LOG_BYTES_LIMITS = (1, 1 << 31)
 DIGITS = frozenset("0123456789")
@@ -1139,6 +1141,67 @@ class Platform:
         rows = [row for row in rows if isinstance(row, dict) and type(row.get("list_id")) is int]
         return rows, count
 
+    def task_state(self, task_id, budget):
+        """(outcome, detail) of a task now, read from check/?list_id= (which any key may read).
+
+        deployed: finished, every step succeeded; failed: which step on which host; waiting_approval;
+        waiting: at a manual or timed step; paused; running; unknown: the platform could not tell."""
+        from urllib.parse import urlencode
+
+        url = f"{self.base}{TASK_CHECK_PATH}?{urlencode({'list_id': task_id})}"
+        try:
+            with budget:
+                status, _headers, payload = self._request("GET", url, budget)
+        except BudgetExceeded:
+            return "unknown", "the time budget ran out while reading the task"
+        except (_Unreachable, _NotSent, _MaybeSent) as error:
+            return "unknown", str(error)
+        data = (
+            payload.get("data") if isinstance(payload, dict) and payload.get("code") == 0 else None
+        )
+        if status != 200 or not isinstance(data, dict):
+            return "unknown", f"the platform could not show task {task_id} (HTTP {status})"
+        steps = [step for step in data.get("scheduler_list") or [] if isinstance(step, dict)]
+        hosts = data.get("hosts_status") if isinstance(data.get("hosts_status"), dict) else {}
+        states = [str(step.get("task_status")) for step in steps] + [
+            str(value) for value in hosts.values()
+        ]
+        for code, outcome, what in STEP_OUTCOMES:
+            if code in states:
+                step = next((step for step in steps if str(step.get("task_status")) == code), {})
+                host = step.get("exec_ip") or next(
+                    (ip for ip, value in hosts.items() if str(value) == code), "?"
+                )
+                name = step.get("task_name") or "a step"
+                return outcome, f"step {one_line(name, 60)} {what} on {one_line(host, 60)}"
+        schedule = data.get("schedule")
+        if schedule == "OK":
+            if states and all(state == "3" for state in states):
+                return "deployed", "every step succeeded"
+            return "finished", "finished or terminated in the platform"
+        if schedule == "new":
+            return "waiting_approval", "waits for approval in the platform"
+        return "running", f"{one_line(schedule, 20)} in the platform"
+
+    def template_steps(self, template_id, budget):
+        """The template's steps ([] when it has none or does not exist), or None if unreadable."""
+        from urllib.parse import urlencode
+
+        exists = self.template_exists(template_id, budget)
+        if not exists:
+            return None if exists is None else []
+        url = f"{self.base}{TEMPLATE_DETAILS_PATH}?{urlencode({'temp_id': template_id})}"
+        try:
+            with budget:
+                status, _headers, payload = self._request("GET", url, budget)
+        except (BudgetExceeded, _Unreachable, _NotSent, _MaybeSent):
+            return None
+        data = payload.get("data") if isinstance(payload, dict) else None
+        steps = data.get("temp_list") if isinstance(data, dict) else None
+        if status != 200 or not isinstance(steps, list):
+            return None
+        return [step for step in steps if isinstance(step, dict)]
+
     def template_exists(self, template_id, budget):
         """True, False, or None when the platform cannot tell."""
         from urllib.parse import urlencode
@@ -1190,6 +1253,18 @@ class _Unreadable(Exception):
 TASK_LIST_PATH = "/api/task/v2/task/list/"
 TASK_HISTORY_PATH = "/api/task/v2/task/check_history/"
 TEMPLATE_PATH = "/api/task/v2/task_layout/temp/"
+TASK_CHECK_PATH = "/api/task/v2/task/check/"
+TEMPLATE_DETAILS_PATH = "/api/task/v2/task_layout/details/"
+FOLLOW_PER_RUN = 20  # tasks read a flush: the timer runs every minute
+STATUS_RECENT = 10
+FOLLOW_DONE = ("deployed", "failed", "finished", "stuck")
+# A step's task_status: 4 failed, 5 waits for a person, 7 for its time, 6 paused (codo-api.md).
+STEP_OUTCOMES = (
+    ("4", "failed", "failed"),
+    ("5", "waiting", "waits for a person at"),
+    ("7", "waiting", "waits for its time at"),
+    ("6", "paused", "is paused"),
+)
 SEARCH_PAGES = 40
 
 
@@ -2074,7 +2149,11 @@ class Sender:
         state = {SKIPPED: SENT}.get(result.outcome, result.outcome)
         fields = {"last_error": None if state == SENT else result.detail}
         if result.outcome == SENT:
-            fields["task_id"] = result.task_id
+            fields.update(
+                task_id=result.task_id,
+                sent_at=time.time(),
+                link=task_link(self.config.codo, result.task_id),
+            )
         if result.outcome == SKIPPED:
             fields["skipped"] = result.detail
         fields.update(uncertain_fields(result))
@@ -2226,6 +2305,11 @@ def admin(argv, default_config):
     check.add_argument(
         "file", nargs="?", default=default_config, help="config file (default: %(default)s)"
     )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also ask the platform: the key, its expiry, each rule's template, groups and args",
+    )
 
     match = commands.add_parser(
         "match", help="show the request a push of TAG would send; sends nothing"
@@ -2293,9 +2377,104 @@ def check_config(args):
             f"{args.file}: {len(problems)} problem(s); nothing is released from this config until they are fixed"
         )
         return EXIT_USAGE
+    if args.probe:
+        problems, warnings = probe(Config(raw, args.file))
+        for warning in warnings:
+            say(f"{args.file}: warning: {warning}")
+        for problem in problems:
+            say(f"{args.file}: {problem}")
+        if problems:
+            say(f"{args.file}: {len(problems)} problem(s) found by asking the platform")
+            return EXIT_USAGE
     rules = sum(len(project.get("rules", [])) for project in raw["projects"].values())
     say("{}: OK ({} project(s), {} rule(s))".format(args.file, len(raw["projects"]), rules))
     return EXIT_OK
+
+
+KEY_EXPIRY_WARNING_S = 14 * 86400
+
+
+def key_expiry(key, now=None):
+    """(problem, warning) about the key's `exp` claim; this platform ignores it, a gateway may not."""
+    exp = jwt_claims(key).get("exp")
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or not exp - exp == 0:
+        return "", ""
+    now = time.time() if now is None else now
+    when = time.strftime("%Y-%m-%d", time.gmtime(min(exp, 253402300799)))
+    if exp <= now:
+        return (
+            f"the platform key expired on {when}: mint a new one (a gateway in front may refuse it)",
+            "",
+        )
+    if exp - now < KEY_EXPIRY_WARNING_S:
+        return (
+            "",
+            f"the platform key expires on {when}, in {int((exp - now) // 86400)} day(s): mint a new one",
+        )
+    return "", ""
+
+
+def probe(config):
+    """(problems, warnings) found by asking the platform with the configured key; sends no task."""
+    try:
+        key = read_auth_key(config.codo)
+    except ConfigError as error:
+        return [str(error)], []
+    problem, warning = key_expiry(key)
+    problems, warnings = [problem] if problem else [], [warning] if warning else []
+    platform = Platform(config.codo, key, config.codo["auth_key_file"])
+    api_path = GIT_HOOKS_PATH if config.codo["api"] == "git_hooks" else TASK_ACCEPT_PATH
+    try:
+        with Budget(config.codo["budget_s"]) as budget:
+            platform._csrf_key(platform.base + api_path, budget)
+    except BudgetExceeded:
+        return problems + ["the platform did not answer within codo.budget_s"], warnings
+    except (_Unreachable, _NotSent) as error:
+        return problems + [f"the platform refused the key or could not be asked: {error}"], warnings
+    if config.codo["api"] != "task_accept":
+        return problems, warnings
+    templates = {}
+    for path in sorted(config.projects):
+        project = config.project(path)
+        unseen = key_sees_submitter(key, project.settings["submitter"])
+        if unseen:
+            warnings.append(
+                f"projects.{one_line(path)}: flush cannot settle uncertain releases: {unseen}"
+            )
+        for rule in project.rules:
+            where = f"projects.{one_line(path)}.rules[{rule.index}]"
+            template = str(rule.settings["template_id"])
+            if template not in templates:
+                templates[template] = platform.template_steps(
+                    template, Budget(config.codo["budget_s"])
+                )
+            problems += rule_template_problems(where, rule, template, templates[template])
+    return problems, warnings
+
+
+def rule_template_problems(where, rule, template, steps):
+    if steps is None:
+        return [f"{where}: the platform could not show template {template}"]
+    if not steps:
+        return [
+            f"{where}: the platform has no template {template} (or it has no steps): fix template_id"
+        ]
+    groups = {str(step.get("group")) for step in steps}
+    problems = [
+        f"{where}: host group {group} is not one of template {template}'s step groups "
+        f"({', '.join(sorted(groups))}): the platform drops it silently"
+        for group in sorted(rule.settings["hosts"], key=int)
+        if str(int(group)) not in groups
+    ]
+    supplied = set(SEED_ARGS) | set(rule.settings["args"]) | {"FLOW_ID"}
+    used = sorted({word for step in steps for word in str(step.get("args") or "").split()})
+    problems += [
+        f"{where}: template {template}'s steps use {one_line(name, 40)}, which the rule does not supply: "
+        "add it to the rule's args"
+        for name in used
+        if name not in supplied
+    ]
+    return problems
 
 
 def key_warnings(raw):
@@ -2438,6 +2617,7 @@ def flush(args):
     spool.recover_abandoned()
     if not args.include_uncertain:
         settle_uncertain(spool)
+    follow_tasks(spool)
     states = [PENDING] + [UNCERTAIN] * args.include_uncertain + [FAILED] * args.include_failed
     queue = sorted((entry_id, state) for state in states for entry_id in spool.ids(state))
     delivered = 0
@@ -2510,6 +2690,7 @@ def resend(spool, claim):
         outcome,
         None if outcome == SENT else result.detail,
         task_id=result.task_id,
+        sent_at=time.time(),
         **uncertain_fields(result),
     )
     if result.outcome == SENT:
@@ -2605,6 +2786,7 @@ def settle_one(config, claim):
             else:
                 detail = f"not settled: {task_id}"
                 task_id = None
+    reply_failed = bool(entry.get("error_reply"))
     if outcome == UNCERTAIN:  # the reason it is uncertain stays; why it is not settled beside it
         _settle_quietly(claim, UNCERTAIN, entry.get("last_error"), settle_note=detail)
     else:
@@ -2615,13 +2797,14 @@ def settle_one(config, claim):
             None if outcome == SENT else detail,
             task_id=task_id,
             settled=outcome,
+            sent_at=time.time(),
             **cleared,
         )
     if outcome == SENT:
         failure = (
             "; the platform reported a failure when it took it, so the task may need restarting there "
             "(a task created while its queue was down stays at ready)"
-            if entry.get("error_reply")
+            if reply_failed
             else ""
         )
         detail = f"found as task {task_id}" + failure
@@ -2640,6 +2823,73 @@ def settle_one(config, claim):
         outcome="settled",
         detail=f"{outcome}: {detail}",
         task_id=task_id,
+        spool_id=entry["id"],
+    )
+
+
+def follow_tasks(spool, limit=FOLLOW_PER_RUN):
+    """Read the state of submitted tasks not finished yet, least recently read first, a few a run;
+    record each one's outcome, and log and say it when it changes. Past codo.follow_deadline_s a
+    task still queued, running or unanswered is stuck: likely lost by the platform's queue, or
+    args it cannot parse."""
+    now = time.time()
+    following = [
+        entry
+        for entry in spool.entries(SENT)
+        if type(entry.get("task_id")) is int
+        and isinstance(entry.get("sent_at"), (int, float))
+        and entry.get("follow") not in FOLLOW_DONE
+    ]
+    following.sort(key=lambda entry: entry.get("followed_at") or 0)
+    for entry in following[:limit]:
+        claim = spool.claim(SENT, entry["id"])
+        if claim is not None:
+            follow_one(spool, claim, now)
+
+
+def follow_one(spool, claim, now):
+    entry = claim.entry
+    try:
+        config = installed_config(spool, entry)
+        key = read_auth_key(config.codo)
+    except ConfigError as error:
+        _settle_quietly(claim, SENT, None, follow_note=f"not followed: {error}", followed_at=now)
+        return
+    platform = Platform(config.codo, key, config.codo["auth_key_file"])
+    outcome, detail = platform.task_state(entry["task_id"], Budget(config.codo["budget_s"]))
+    deadline = config.codo["follow_deadline_s"]
+    if now - entry["sent_at"] > deadline and outcome in ("running", "waiting_approval", "unknown"):
+        outcome, detail = (
+            "stuck",
+            (
+                f"{detail} {deadline:g} s after it was sent: likely lost by the platform's queue, "
+                "or its args cannot be parsed; restart it there"
+            ),
+        )
+    changed = outcome not in ("unknown", entry.get("follow"))
+    fields = {
+        "followed_at": now,
+        "follow_note": detail,
+        "link": task_link(config.codo, entry["task_id"]),
+    }
+    if outcome != "unknown":
+        fields["follow"] = outcome
+    _settle_quietly(claim, SENT, None, **fields)
+    if not changed:
+        return
+    link = task_link(config.codo, entry["task_id"])
+    say(
+        f"{shown(entry['tag'])} task {entry['task_id']} {outcome}: {detail}{': ' + link if link else ''}"
+    )
+    log_event(
+        config,
+        project=entry.get("project"),
+        ref=entry["ref"],
+        stage="follow",
+        user=entry.get("user"),
+        outcome=outcome,
+        detail=detail,
+        task_id=entry["task_id"],
         spool_id=entry["id"],
     )
 
@@ -2667,6 +2917,24 @@ def _settle_quietly(claim, state, error, **fields):
     except SpoolError as problem:
         say(f"{shown(claim.entry['tag'])}: {problem}; it stays in flight")
     return state
+
+
+def status_key_expiry(config_path):
+    """The key's expiry, when the config can be read here; '' otherwise."""
+    try:
+        raw = read_config(config_path)
+        key = read_auth_key(_with_defaults(raw.get("codo") or {}, CODO_DEFAULTS))
+    except (ConfigError, AttributeError, TypeError):
+        return ""
+    problem, warning = key_expiry(key)
+    exp = jwt_claims(key).get("exp")
+    if problem or warning:
+        return "WARNING " + (problem or warning)
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp - exp == 0:
+        return "the platform key expires on " + time.strftime(
+            "%Y-%m-%d", time.gmtime(min(exp, 253402300799))
+        )
+    return ""
 
 
 def status(args):
@@ -2707,6 +2975,26 @@ def status(args):
                 entry.get("attempts", 0),
                 one_line(entry.get("last_error"), 300)
                 + (f" ({one_line(entry['settle_note'], 300)})" if entry.get("settle_note") else ""),
+            )
+        )
+    expiry = status_key_expiry(args.config)
+    if expiry:
+        say(expiry)
+    recent = sorted(entries[SENT], key=lambda entry: entry.get("updated") or "")[-STATUS_RECENT:]
+    if recent:
+        say("recent releases:")
+    for entry in recent:
+        say(
+            "  {:<16} {} {} {} task {}{}{}".format(
+                one_line(
+                    entry.get("follow") or ("skipped" if entry.get("skipped") else "submitted"), 16
+                ),
+                one_line(entry.get("updated"), 40),
+                one_line(entry.get("project"), 100),
+                shown(entry["tag"]),
+                entry.get("task_id"),
+                f": {one_line(entry['follow_note'], 200)}" if entry.get("follow_note") else "",
+                f" {one_line(entry['link'], 200)}" if entry.get("link") else "",
             )
         )
     for path, why in sorted(spool.ignored.items()):
