@@ -2725,20 +2725,22 @@ def settle_uncertain(spool):
         since = entry.get("uncertain_since")
         if not isinstance(since, (int, float)) or isinstance(since, bool):
             continue  # from before settling existed, or without a body: a person's call
+        try:
+            config = installed_config(spool, entry)
+        except ConfigError as error:
+            note = f"not settled: {error}"
+            config = None
+        if config is not None and now - since < config.codo["settle_after_s"]:
+            continue  # resting: the platform may still be handling it
+        if config is None and entry.get("settle_note") == note:
+            continue  # said already
         claim = spool.claim(UNCERTAIN, entry["id"])
         if claim is None:
             continue
-        try:
-            config = installed_config(spool, claim.entry)
-        except ConfigError as error:
-            _settle_quietly(
-                claim, UNCERTAIN, claim.entry.get("last_error"), settle_note=f"not settled: {error}"
-            )
-            continue
-        if now - since < config.codo["settle_after_s"]:
-            _settle_quietly(claim, UNCERTAIN, claim.entry.get("last_error"))
-            continue
-        settle_one(config, claim)
+        if config is None:
+            _settle_quietly(claim, UNCERTAIN, claim.entry.get("last_error"), settle_note=note)
+        else:
+            settle_one(config, claim)
 
 
 def settle_one(config, claim):
