@@ -1166,6 +1166,12 @@ class Platform:
         states = [str(step.get("task_status")) for step in steps] + [
             str(value) for value in hosts.values()
         ]
+        # check/ shows one host's steps: a host in trouble is asked for by name, to name its step.
+        troubled = next(
+            (ip for ip, value in hosts.items() if str(value) in ("4", "5", "7", "6")), None
+        )
+        if troubled and not any(step.get("exec_ip") == troubled for step in steps):
+            steps = self._host_steps(task_id, troubled, data.get("run_group"), budget) or steps
         for code, outcome, what in STEP_OUTCOMES:
             if code in states:
                 step = next((step for step in steps if str(step.get("task_status")) == code), {})
@@ -1182,6 +1188,24 @@ class Platform:
         if schedule == "new":
             return "waiting_approval", "waits for approval in the platform"
         return "running", f"{one_line(schedule, 20)} in the platform"
+
+    def _host_steps(self, task_id, host, group, budget):
+        from urllib.parse import urlencode
+
+        query = {"list_id": task_id, "get_run_host": host}
+        if group is not None:
+            query["get_run_group"] = group
+        try:
+            with budget:
+                status, _headers, payload = self._request(
+                    "GET", f"{self.base}{TASK_CHECK_PATH}?{urlencode(query)}", budget
+                )
+        except (BudgetExceeded, _Unreachable, _NotSent, _MaybeSent):
+            return []
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if status != 200 or not isinstance(data, dict):
+            return []
+        return [step for step in data.get("scheduler_list") or [] if isinstance(step, dict)]
 
     def template_steps(self, template_id, budget):
         """The template's steps ([] when it has none or does not exist), or None if unreadable."""

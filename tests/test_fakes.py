@@ -4,11 +4,13 @@ import base64
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from http.cookies import SimpleCookie
 
@@ -18,9 +20,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fakes.fake_codo import (
     ACCEPT_PATH,
+    CHECK_HISTORY_PATH,
+    CHECK_PATH,
     EXEC_USERS_PATH,
     GIT_HOOKS_PATH,
+    LIST_PATH,
+    TEMPLATE_DETAILS_PATH,
+    TEMPLATES_PATH,
     FakeCodo,
+    jwt_payload,
     make_auth_key,
     unused_port,
 )
@@ -925,6 +933,781 @@ def test_stopped_server_starts_again_on_the_same_port(fake):
     )
 
 
+# --- reading tasks back (shared/codo-api.md, "Reading tasks back") ----------
+
+ROW_FIELDS = [
+    "list_id",
+    "task_name",
+    "task_type",
+    "hosts",
+    "args",
+    "details",
+    "description",
+    "associated_user",
+    "creator",
+    "executor",
+    "status",
+    "schedule",
+    "temp_id",
+    "create_time",
+    "start_time",
+]
+
+
+READ_PATHS = [LIST_PATH, CHECK_HISTORY_PATH, CHECK_PATH, TEMPLATES_PATH, TEMPLATE_DETAILS_PATH]
+
+
+def read(fake, path, auth_key=KEY, **query):
+    """A GET with the auth_key cookie only, as a client reading tasks back does."""
+    url = path + ("?" + urllib.parse.urlencode(query) if query else "")
+    return call(fake, "GET", url, cookies={"auth_key": auth_key})
+
+
+def submit(fake, **changes):
+    """A task created through accept/; its list_id."""
+    answer = send(fake, "POST", ACCEPT_PATH, task(**changes))
+    assert answer.json()["code"] == 0, answer.text
+    return answer.json()["list_id"]
+
+
+def ids(answer):
+    return ids_of(answer.json())
+
+
+def ids_of(reply):
+    return [row["list_id"] for row in reply["data"]]
+
+
+@pytest.fixture
+def anyone():
+    """A fake that takes any well-formed key, so that keys of several users can read."""
+    with FakeCodo() as server:
+        yield server
+
+
+def test_list_answers_the_stored_row_as_text(fake):
+    args = "{'TAG': 'release-dbtt-1',   'GIT_URL': \"git@h:ops/dbtt.git\", 'APP_NAME': '数据'}"
+    submit(
+        fake, args=args, hosts="{'1': '10.0.0.5', 7: '10.0.0.9'}", exec_time="2019-03-20 10:00:00"
+    )
+    answer = read(fake, LIST_PATH)
+    assert answer.status == 200 and answer.headers["Content-Type"].startswith("application/json")
+    reply = answer.json()
+    assert (reply["code"], reply["msg"], reply["count"], reply["list_id"]) == (0, "获取成功", 1, 1)
+    (row,) = reply["data"]
+    assert list(row) == ROW_FIELDS
+    assert isinstance(row["list_id"], int)
+    assert all(isinstance(row[name], str) for name in ROW_FIELDS[1:])
+    created = row.pop("create_time")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", created)
+    assert row == {
+        "list_id": 1,
+        "task_name": "DBTT",
+        "task_type": "template-32",  # no task_type posted: the template's name
+        "hosts": "{1: '10.0.0.5'}",  # keys through int(), groups the template lacks dropped
+        "args": args,  # byte-identical
+        "details": "git hook auto exec",
+        "description": "",
+        "associated_user": "{'admin': ['githook']}",
+        "creator": "githook",
+        "executor": "githook",
+        "status": "0",
+        "schedule": "ready",
+        "temp_id": "32",
+        "start_time": "2019-03-20 10:00:00",
+    }
+
+
+def test_list_args_come_back_byte_identical_over_the_wire(fake):
+    args = "{'TAG': 'r\\u00e9l\\\\x',  'APP_NAME':'A'  }"
+    submit(fake, args=args)
+    assert read(fake, LIST_PATH).json()["data"][0]["args"] == args
+    assert fake.task(1).row["args"] == args
+
+
+def test_list_creator_is_the_submitter_not_the_keys_user(anyone):
+    submit(anyone, submitter="release-bot", executor="")
+    (row,) = read(anyone, LIST_PATH, auth_key=make_auth_key(username="release-bot")).json()["data"]
+    assert (row["creator"], row["executor"]) == ("release-bot", "")
+
+
+def test_list_orders_by_start_time_then_list_id_newest_first(anyone):
+    for exec_time in [
+        "2019-03-20 10:00:00",
+        "2019-03-21 09:00:00",
+        "2019-03-20 10:00:00",
+        "2018-01-01 00:00:00",
+        "2019-03-21 09:00:00",
+    ]:
+        submit(anyone, exec_time=exec_time)
+    answer = read(anyone, LIST_PATH)
+    assert ids(answer) == [5, 2, 3, 1, 4]
+    assert [row["start_time"] for row in answer.json()["data"]][:2] == ["2019-03-21 09:00:00"] * 2
+    assert answer.json()["list_id"] == 5
+
+
+def test_list_pages_with_page_and_limit(anyone):
+    for day in range(1, 8):
+        submit(anyone, exec_time=f"2019-03-0{day} 10:00:00")
+    pages = [ids(read(anyone, LIST_PATH, page=page, limit=3)) for page in (1, 2, 3, 4)]
+    assert pages == [[7, 6, 5], [4, 3, 2], [1], []]
+    assert read(anyone, LIST_PATH, page=2, limit=3).json()["list_id"] == 4
+    assert read(anyone, LIST_PATH, page=4, limit=3).json()["list_id"] == ""
+    assert read(anyone, LIST_PATH, page=4, limit=3).json()["count"] == 7
+
+
+def test_list_defaults_to_page_1_limit_100_and_has_no_cap(anyone):
+    for _ in range(101):
+        submit(anyone)
+    assert ids(read(anyone, LIST_PATH)) == list(range(101, 1, -1))
+    assert len(read(anyone, LIST_PATH, limit=1000).json()["data"]) == 101
+    assert ids(read(anyone, LIST_PATH, page=2)) == [1]
+
+
+@pytest.mark.parametrize("query", [{"page": "x"}, {"limit": "ten"}, {"page": 0}, {"limit": -1}])
+def test_list_paging_that_breaks_the_query_is_500(fake, query):
+    submit(fake)
+    answer = read(fake, LIST_PATH, **query)
+    assert (answer.status, answer.text) == (500, "服务器内部错误")
+
+
+def test_list_limit_0_is_an_empty_page(fake):
+    submit(fake)
+    assert read(fake, LIST_PATH, limit=0).json() == {
+        "code": 0,
+        "msg": "获取成功",
+        "data": [],
+        "count": 1,
+        "list_id": "",
+    }
+
+
+def test_list_holds_only_unfinished_tasks(fake):
+    for _ in range(3):
+        submit(fake)
+    fake.finish_task(2)
+    fake.terminate_task(3)
+    reply = read(fake, LIST_PATH).json()
+    assert (ids_of(reply), reply["count"]) == ([1], 1)
+
+
+def test_list_shows_a_task_whose_submitter_is_the_keys_username(anyone):
+    submit(anyone, submitter="hook-user")
+    key = make_auth_key(username="hook-user", nickname="Hook")
+    assert ids(read(anyone, LIST_PATH, auth_key=key)) == [1]
+
+
+def test_list_shows_a_task_whose_submitter_is_the_keys_nickname(anyone):
+    submit(anyone, submitter="Hook")
+    key = make_auth_key(username="hook-user", nickname="Hook")
+    assert ids(read(anyone, LIST_PATH, auth_key=key)) == [1]
+
+
+def test_list_shows_every_task_to_a_superuser_key(anyone):
+    submit(anyone, submitter="someone")
+    key = make_auth_key(username="admin", nickname="管理员", is_superuser=True)
+    assert ids(read(anyone, LIST_PATH, auth_key=key)) == [1]
+
+
+def test_list_shows_a_task_to_the_templates_users():
+    templates = {32: {"groups": [1], "users": ["ops", (9, "dev")]}}
+    with FakeCodo(templates=templates) as fake:
+        submit(fake, submitter="someone")
+        assert fake.task(1).row["associated_user"] == "{'admin': ['ops', 'dev', 'someone']}"
+        for nickname in ("ops", "dev"):
+            key = make_auth_key(username="x", nickname=nickname)
+            assert ids(read(fake, LIST_PATH, auth_key=key)) == [1]
+
+
+def test_list_hides_a_task_from_another_key_but_counts_it(anyone):
+    submit(anyone, submitter="someone")
+    key = make_auth_key(username="githook", nickname="githook")
+    assert read(anyone, LIST_PATH, auth_key=key).json() == {
+        "code": 0,
+        "msg": "获取成功",
+        "data": [],
+        "count": 1,
+        "list_id": "",
+    }
+
+
+def test_list_filters_after_paging_so_a_page_may_hold_fewer_rows(anyone):
+    for submitter in ["githook", "other", "githook", "other", "githook"]:
+        submit(anyone, submitter=submitter)
+    first, second = (read(anyone, LIST_PATH, page=p, limit=2).json() for p in (1, 2))
+    assert (ids_of(first), first["list_id"], first["count"]) == ([5], 5, 5)
+    assert (ids_of(second), second["list_id"]) == ([3], 3)
+
+
+def test_list_and_reads_need_no_csrf_key_and_set_a_fresh_one(fake):
+    submit(fake)
+    keys = set()
+    for path in (LIST_PATH, CHECK_HISTORY_PATH, CHECK_PATH + "?list_id=1", TEMPLATES_PATH):
+        answer = call(fake, "GET", path, cookies={"auth_key": KEY})
+        assert answer.status == 200 and answer.json()["code"] == 0
+        keys.add(answer.cookies["csrf_key"])
+    assert len(keys) == 4
+    assert send(fake, "POST", ACCEPT_PATH, task()).json()["code"] == 0  # any of them works
+
+
+def test_list_takes_the_key_as_a_query_parameter(fake):
+    submit(fake)
+    answer = call(fake, "GET", f"{LIST_PATH}?auth_key={KEY}")
+    assert ids(answer) == [1]
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_reads_without_a_key_are_401_and_still_set_a_csrf_key(fake, path):
+    answer = call(fake, "GET", path)
+    assert (answer.status, answer.text) == (401, "你没有登录")
+    assert len(answer.cookies["csrf_key"]) == 22
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_reads_with_a_key_that_is_not_a_jwt_are_500(fake, path):
+    answer = call(fake, "GET", path, cookies={"auth_key": "not-a-jwt"})
+    assert (answer.status, answer.text) == (500, "服务器内部错误")
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_reads_with_another_well_formed_key_are_401_when_the_fake_has_one_key(fake, path):
+    answer = call(fake, "GET", path, cookies={"auth_key": make_auth_key(user_id=2)})
+    assert answer.status == 401
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_reads_answer_other_methods_like_the_platform(fake, path):
+    assert call(fake, "POST", path, "{}", cookies={"auth_key": KEY}).status == 500  # no csrf
+    assert send(fake, "POST", path, "{}").status == 405
+
+
+def test_reads_without_trailing_slash_are_404(fake):
+    assert call(fake, "GET", LIST_PATH.rstrip("/"), cookies={"auth_key": KEY}).status == 404
+
+
+# --- check_history ---------------------------------------------------------
+
+
+def finished(fake, count, **changes):
+    for _ in range(count):
+        fake.finish_task(submit(fake, **changes))
+
+
+def test_check_history_holds_finished_tasks_highest_id_first(fake):
+    submit(fake, exec_time="2030-01-01 00:00:00")
+    submit(fake, exec_time="2019-01-01 00:00:00")
+    submit(fake, exec_time="2020-01-01 00:00:00")
+    fake.finish_task(1)
+    fake.finish_task(3)
+    fake.terminate_task(2)
+    reply = read(fake, CHECK_HISTORY_PATH).json()
+    assert (reply["code"], reply["msg"], reply["count"], reply["history"]) == (
+        0,
+        "获取成功",
+        3,
+        True,
+    )
+    assert "list_id" not in reply
+    assert ids_of(reply) == [3, 2, 1]  # by list_id, not start_time
+    assert list(reply["data"][0]) == ROW_FIELDS
+    assert [row["schedule"] for row in reply["data"]] == ["OK"] * 3
+    assert [row["status"] for row in reply["data"]] == ["3", "0", "3"]  # terminated keeps status
+
+
+def test_check_history_pages_with_a_default_limit_of_500(fake):
+    finished(fake, 3)
+    assert ids(read(fake, CHECK_HISTORY_PATH, page=2, limit=2)) == [1]
+    assert ids(read(fake, CHECK_HISTORY_PATH, page=1)) == [3, 2, 1]
+
+
+def test_check_history_default_limit_is_500(anyone):
+    for _ in range(501):
+        submit(anyone)
+    for each in anyone.tasks:
+        anyone.finish_task(each.list_id)
+    assert len(read(anyone, CHECK_HISTORY_PATH).json()["data"]) == 500
+    assert ids(read(anyone, CHECK_HISTORY_PATH, page=2)) == [1]
+
+
+def test_check_history_search_is_a_prefix_match_on_its_columns(fake):
+    finished(fake, 1, task_name="DBTT")
+    finished(fake, 1, task_name="WEB", submitter="githook", executor="ops")
+    for _ in range(8):
+        finished(fake, 1, task_name="misc")
+    history = lambda value: ids(read(fake, CHECK_HISTORY_PATH, search_val=value))  # noqa: E731
+    assert history("DB") == [1]  # task_name
+    assert history("db") == [1]  # LIKE is case-insensitive
+    assert history("BTT") == []  # a prefix, not a substring
+    assert history("1") == [10, 1]  # list_id
+    assert history("op") == [2]  # executor
+    assert history("git") == list(range(10, 0, -1))  # creator
+    assert history("templ") == list(range(10, 0, -1))  # task_type
+    assert history("3") == list(range(10, 0, -1))  # temp_id '32' and status '3'
+    assert history("W_B") == [2] and history("W%") == [2]  # LIKE's wildcards
+    assert history("  WEB  ") == [2]  # stripped
+
+
+def test_check_history_search_does_not_look_in_args(fake):
+    finished(fake, 1, args="{'TAG': 'release-dbtt-1', 'APP_NAME': 'DBTT'}")
+    assert ids(read(fake, CHECK_HISTORY_PATH, search_val="{'TAG'")) == []
+    assert ids(read(fake, CHECK_HISTORY_PATH, search_val="release-dbtt-1")) == []
+
+
+def test_check_history_count_ignores_search_val(fake):
+    finished(fake, 3)
+    submit(fake)  # unfinished: not counted
+    reply = read(fake, CHECK_HISTORY_PATH, search_val="nothing-matches").json()
+    assert (reply["data"], reply["count"]) == ([], 3)
+
+
+def test_check_history_visibility_as_list(anyone):
+    for submitter in ["githook", "other", "githook"]:
+        anyone.finish_task(submit(anyone, submitter=submitter))
+    reply = read(anyone, CHECK_HISTORY_PATH, page=1, limit=2).json()
+    assert (ids_of(reply), reply["count"]) == ([3], 3)
+    superuser = make_auth_key(username="root", is_superuser=True)
+    assert ids(read(anyone, CHECK_HISTORY_PATH, auth_key=superuser)) == [3, 2, 1]
+    nickname = make_auth_key(username="x", nickname="other")
+    assert ids(read(anyone, CHECK_HISTORY_PATH, auth_key=nickname)) == [2]
+
+
+# --- check/ ------------------------------------------------------------------
+
+TWO_STEPS = {
+    32: {
+        "name": "deploy-dbtt",
+        "creator": "ops",
+        "users": [(5, "ops")],
+        "steps": [
+            {"group": 1, "command_name": "pull", "command": "git pull", "args": "GIT_URL TAG"},
+            {"group": 1, "command_name": "deploy", "args": ["TAG", "APP_NAME"]},
+            {"group": 2, "command_name": "check", "trigger": "hand", "args": ""},
+        ],
+    }
+}
+
+
+@pytest.fixture
+def steps():
+    with FakeCodo(auth_key=KEY, templates=TWO_STEPS) as server:
+        submit(server, hosts="{1: '10.0.0.5,10.0.0.6', 2: '10.0.0.7'}")
+        yield server
+
+
+def check(fake, auth_key=KEY, **query):
+    return read(fake, CHECK_PATH, auth_key=auth_key, **query)
+
+
+def test_check_answers_the_task_with_its_steps(steps):
+    answer = check(steps, list_id=1)
+    assert (answer.status, answer.json()["code"], answer.json()["msg"]) == (
+        200,
+        0,
+        "获取订单信息成功",
+    )
+    data = answer.json()["data"]
+    assert (data["list_id"], data["schedule"], data["group_list"], data["run_group"]) == (
+        "1",
+        "ready",
+        [1, 2],
+        "1",
+    )
+    assert data["new_args"] == {
+        "TAG": "release-dbtt-1",
+        "GIT_URL": "git@gitlab.example.com:ops/dbtt.git",
+        "APP_NAME": "DBTT",
+    }
+    assert data["args_keys"] == ["TAG", "GIT_URL", "APP_NAME"]
+    assert data["new_args_list"][0] == {"args_key": "TAG", "args_value": "release-dbtt-1"}
+    assert (data["this_host_list"], data["this_host"]) == (["10.0.0.5", "10.0.0.6"], "10.0.0.5")
+    assert data["hosts_status"] == {"10.0.0.5": "1", "10.0.0.6": "1"}
+    assert (data["associated_user"], data["hand_list"]) == ("ops，githook", ["check"])
+    assert (data["creator"], data["executor"], data["username"]) == (
+        "githook",
+        "githook",
+        "githook",
+    )
+    assert data["approval_button"] is True
+    assert data["start_time"] == "2019-03-20 10:00:00"
+    assert [
+        (s["task_level"], s["task_name"], s["exec_ip"], s["task_status"], s["task_args"])
+        for s in data["scheduler_list"]
+    ] == [
+        (1, "pull", "10.0.0.5", "1", "GIT_URL TAG"),
+        (2, "deploy", "10.0.0.5", "1", "TAG APP_NAME"),
+    ]
+    assert set(data["scheduler_list"][0]) >= {
+        "sched_id",
+        "task_group",
+        "task_cmd",
+        "trigger",
+        "exec_user",
+    }
+
+
+def test_check_picks_a_group_and_a_host_when_asked(steps):
+    data = check(steps, list_id=1, get_run_group=2).json()["data"]
+    assert (data["run_group"], data["this_host"], data["hosts_status"]) == (
+        "2",
+        "10.0.0.7",
+        {"10.0.0.7": "5"},
+    )
+    assert [(s["task_name"], s["task_status"]) for s in data["scheduler_list"]] == [("check", "5")]
+    data = check(steps, list_id=1, get_run_host="10.0.0.6").json()["data"]
+    assert {s["exec_ip"] for s in data["scheduler_list"]} == {"10.0.0.6"}
+
+
+def test_check_has_no_visibility_check(steps):
+    stranger = make_auth_key(user_id=2, username="x", nickname="y")
+    with FakeCodo(templates=TWO_STEPS) as anyone:
+        submit(anyone, hosts="{1: '10.0.0.5', 2: '10.0.0.7'}")
+        data = check(anyone, auth_key=stranger, list_id=1).json()["data"]
+        assert (data["list_id"], data["username"], data["approval_button"]) == ("1", "x", False)
+        assert read(anyone, LIST_PATH, auth_key=stranger).json()["data"] == []
+
+
+def test_check_of_an_unknown_task_is_500(steps):
+    answer = check(steps, list_id=99)
+    assert (answer.status, answer.text) == (500, "服务器内部错误")
+    assert len(answer.cookies["csrf_key"]) == 22
+
+
+@pytest.mark.parametrize("query", [{}, {"list_id": ""}, {"list_id": "  "}])
+def test_check_without_list_id_is_code_minus_1(steps, query):
+    answer = check(steps, **query)
+    assert (answer.status, answer.json()) == (200, {"code": -1, "msg": "订单ID不能为空"})
+
+
+def test_check_of_args_that_are_no_python_literal_shows_no_args(fake):
+    submit(fake, args="{'TAG': release}")  # accepted; the executor fails on it later
+    data = check(fake, list_id=1).json()["data"]
+    assert (data["new_args"], data["args_keys"]) == ({}, [])
+
+
+def test_check_a_task_without_groups_is_code_minus_1():
+    with FakeCodo(auth_key=KEY, templates={40: {"steps": []}}) as fake:
+        submit(fake, temp_id="40", hosts="{}")
+        assert check(fake, list_id=1).json() == {"code": -1, "msg": "没有可运行组"}
+
+
+# --- templates ---------------------------------------------------------------
+
+
+def test_template_by_id(steps):
+    answer = read(steps, TEMPLATES_PATH, key="temp_id", value=32)
+    assert answer.json() == {
+        "code": 0,
+        "msg": "获取成功",
+        "data": [{"temp_id": 32, "temp_name": "deploy-dbtt", "creator": "ops"}],
+    }
+
+
+def test_unknown_template_is_an_empty_list(steps):
+    for value in (33, "x"):
+        answer = read(steps, TEMPLATES_PATH, key="temp_id", value=value)
+        assert (answer.status, answer.json()["code"], answer.json()["data"]) == (200, 0, [])
+
+
+def test_templates_without_a_filter_are_all_of_them_by_id():
+    with FakeCodo(auth_key=KEY, templates={40: [1], 32: [1, 2], "7": [3]}) as fake:
+        data = read(fake, TEMPLATES_PATH).json()["data"]
+        assert [entry["temp_id"] for entry in data] == [7, 32, 40]
+        assert data[0] == {"temp_id": 7, "temp_name": "template-7", "creator": "admin"}
+
+
+def test_templates_filtered_by_an_unknown_column_is_500(steps):
+    assert read(steps, TEMPLATES_PATH, key="nope", value="1").status == 500
+
+
+def test_template_details_lists_steps_by_group_and_level_and_its_users(steps):
+    reply = read(steps, TEMPLATE_DETAILS_PATH, temp_id=32).json()
+    assert (reply["code"], reply["msg"]) == (0, "获取模板详情成功")
+    temp_list = reply["data"]["temp_list"]
+    assert [(s["group"], s["level"], s["command_name"], s["args"]) for s in temp_list] == [
+        (1, 1, "pull", "GIT_URL TAG"),
+        (1, 2, "deploy", "TAG APP_NAME"),
+        (2, 1, "check", ""),
+    ]
+    assert [s["trigger"] for s in temp_list] == ["order", "order", "hand"]
+    assert {"command", "exec_user", "temp_id"} <= set(temp_list[0])
+    assert temp_list[0]["temp_id"] == "32"
+    assert reply["data"]["temp_user"] == reply["temp_user"] == ["5,,,ops"]
+
+
+def test_template_details_of_a_list_of_groups_has_one_default_step_per_group(fake):
+    fake.templates[32] = [2, 1]  # as tests already change it
+    temp_list = read(fake, TEMPLATE_DETAILS_PATH, temp_id=32).json()["data"]["temp_list"]
+    assert [(s["group"], s["level"], s["args"]) for s in temp_list] == [
+        (1, 1, "TAG GIT_URL APP_NAME"),
+        (2, 1, "TAG GIT_URL APP_NAME"),
+    ]
+
+
+def test_template_details_of_an_unknown_template_is_code_0_with_empty_lists(fake):
+    assert read(fake, TEMPLATE_DETAILS_PATH, temp_id=99).json()["data"] == {
+        "temp_list": [],
+        "temp_user": [],
+    }
+
+
+def test_template_details_without_temp_id_is_code_minus_1(fake):
+    assert read(fake, TEMPLATE_DETAILS_PATH).json() == {"code": -1, "msg": "模板ID不能为空"}
+
+
+def test_a_rich_templates_groups_decide_the_hosts_a_task_needs(steps):
+    answer = send(steps, "POST", ACCEPT_PATH, task(hosts="{1: '10.0.0.5'}"))
+    assert answer.json() == {"code": -4, "msg": "The exec host cannot be empty"}
+
+
+# --- a task's life -----------------------------------------------------------
+
+
+def state(fake, list_id=1):
+    task = fake.task(list_id)
+    return task.status, task.schedule
+
+
+def step_states(fake, list_id=1):
+    return [(s["exec_ip"], s["task_name"], s["task_status"]) for s in fake.task(list_id).steps]
+
+
+@pytest.mark.parametrize("schedule", ["new", "ready"])
+def test_a_task_starts_at_status_0_with_the_posted_schedule(fake, schedule):
+    submit(fake, schedule=schedule)
+    assert state(fake) == ("0", schedule)
+    assert read(fake, LIST_PATH).json()["data"][0]["schedule"] == schedule
+
+
+def test_a_task_is_created_with_one_step_per_host_and_template_step(steps):
+    assert step_states(steps) == [
+        ("10.0.0.5", "pull", "1"),
+        ("10.0.0.5", "deploy", "1"),
+        ("10.0.0.6", "pull", "1"),
+        ("10.0.0.6", "deploy", "1"),
+        ("10.0.0.7", "check", "5"),  # a hand step waits from the start
+    ]
+
+
+def test_a_task_moves_nowhere_by_itself(fake):
+    submit(fake)
+    time.sleep(0.2)
+    assert state(fake) == ("0", "ready")
+
+
+def test_approve_queue_start_finish(fake):
+    submit(fake, schedule="new")
+    fake.approve_task(1, start_time="2019-03-21 08:00:00", executor="boss")
+    assert state(fake) == ("1", "ready")
+    assert (fake.task(1).row["start_time"], fake.task(1).row["executor"]) == (
+        "2019-03-21 08:00:00",
+        "boss",
+    )
+    fake.queue_task(1)
+    assert state(fake) == ("1", "ready")
+    fake.start_task(1)
+    assert state(fake) == ("2", "start")
+    assert check(fake, list_id=1).json()["data"]["hosts_status"] == {"10.0.0.5": "2"}
+    fake.finish_task(1)
+    assert state(fake) == ("3", "OK")
+    data = check(fake, list_id=1).json()["data"]
+    assert (data["schedule"], data["hosts_status"]) == ("OK", {"10.0.0.5": "3"})
+    assert [s["task_status"] for s in data["scheduler_list"]] == ["3"]
+    assert ids(read(fake, LIST_PATH)) == [] and ids(read(fake, CHECK_HISTORY_PATH)) == [1]
+
+
+def test_start_runs_the_first_step_on_each_host_of_the_first_group(steps):
+    steps.start_task(1)
+    assert step_states(steps) == [
+        ("10.0.0.5", "pull", "2"),
+        ("10.0.0.5", "deploy", "1"),
+        ("10.0.0.6", "pull", "2"),
+        ("10.0.0.6", "deploy", "1"),
+        ("10.0.0.7", "check", "5"),
+    ]
+
+
+def test_a_step_fails_on_a_host(steps):
+    steps.fail_task(1, host="10.0.0.6", step="deploy")
+    assert state(steps) == ("4", "start")
+    assert step_states(steps)[2:4] == [("10.0.0.6", "pull", "3"), ("10.0.0.6", "deploy", "4")]
+    data = check(steps, list_id=1).json()["data"]
+    assert data["hosts_status"] == {"10.0.0.5": "1", "10.0.0.6": "4"}
+    failed = check(steps, list_id=1, get_run_host="10.0.0.6").json()["data"]["scheduler_list"]
+    assert [(s["task_name"], s["task_status"]) for s in failed] == [("pull", "3"), ("deploy", "4")]
+    assert ids(read(steps, LIST_PATH)) == [1]  # a failed task is not finished
+
+
+def test_a_failed_step_in_a_later_group_is_the_run_group_check_shows(steps):
+    steps.fail_task(1, host="10.0.0.7")
+    data = check(steps, list_id=1).json()["data"]
+    assert (data["run_group"], data["hosts_status"]) == ("2", {"10.0.0.7": "4"})
+    assert [s["task_status"] for s in steps.task(1).steps[:4]] == ["3"] * 4
+
+
+def test_fail_defaults_to_the_first_step_on_the_first_host(fake):
+    submit(fake)
+    fake.fail_task(1)
+    assert (state(fake), step_states(fake)) == (("4", "start"), [("10.0.0.5", "deploy", "4")])
+
+
+def test_fail_of_a_step_the_task_lacks_is_a_value_error(steps):
+    with pytest.raises(ValueError):
+        steps.fail_task(1, host="10.9.9.9")
+    with pytest.raises(ValueError):
+        steps.fail_task(1, step="nope")
+
+
+@pytest.mark.parametrize("timed, status", [(False, "5"), (True, "7")])
+def test_a_task_waits_at_a_manual_or_timed_step(steps, timed, status):
+    steps.wait_task(1, host="10.0.0.5", step=2, timed=timed)
+    assert state(steps) == (status, "start")
+    assert step_states(steps)[:2] == [("10.0.0.5", "pull", "3"), ("10.0.0.5", "deploy", status)]
+    assert check(steps, list_id=1).json()["data"]["hosts_status"]["10.0.0.5"] == status
+
+
+def test_a_task_pauses(steps):
+    steps.start_task(1)
+    steps.pause_task(1)
+    assert state(steps) == ("6", "start")
+    assert check(steps, list_id=1).json()["data"]["hosts_status"] == {
+        "10.0.0.5": "6",
+        "10.0.0.6": "6",
+    }
+
+
+def test_update_sets_columns_and_refuses_unknown_ones(fake):
+    submit(fake)
+    fake.update_task(1, status="2", schedule="start")
+    assert state(fake) == ("2", "start")
+    with pytest.raises(ValueError):
+        fake.update_task(1, colour="red")
+
+
+def test_moving_an_unknown_task_is_a_key_error(fake):
+    with pytest.raises(KeyError):
+        fake.finish_task(7)
+    with pytest.raises(ValueError):
+        fake.advance_task(1, "explode")
+
+
+def test_the_task_of_a_commit_then_500_never_starts(fake):
+    fake.set_fault("commit_then_500", method="POST")
+    assert send(fake, "POST", ACCEPT_PATH, task(schedule="ready")).status == 500
+    fake.clear_faults()
+    assert (state(fake), fake.task(1).published) == (("0", "ready"), False)
+    for move in (fake.start_task, fake.finish_task, fake.fail_task, fake.pause_task):
+        with pytest.raises(ValueError, match="never published"):
+            move(1)
+    row = read(fake, LIST_PATH).json()["data"][0]
+    assert (row["list_id"], row["status"], row["schedule"]) == (1, "0", "ready")
+    fake.republish_task(1)
+    fake.finish_task(1)
+    assert state(fake) == ("3", "OK")
+
+
+def test_an_unknown_template_500_leaves_nothing_to_read(fake):
+    assert send(fake, "POST", ACCEPT_PATH, task(temp_id="99")).status == 500
+    assert read(fake, LIST_PATH).json()["count"] == 0
+    assert read(fake, CHECK_HISTORY_PATH).json()["count"] == 0
+
+
+def test_a_task_is_moved_over_http(steps):
+    answer = call(
+        steps, "POST", "/_fake/task", {"list_id": 1, "action": "fail", "host": "10.0.0.6"}
+    )
+    assert answer.status == 200
+    assert (answer.json()["row"]["status"], answer.json()["published"]) == ("4", True)
+    assert [s["task_status"] for s in answer.json()["steps"]][2] == "4"
+    assert (
+        call(steps, "POST", "/_fake/task", {"list_id": 1, "action": "finish"}).json()["row"][
+            "schedule"
+        ]
+        == "OK"
+    )
+    assert [t["row"]["status"] for t in call(steps, "GET", "/_fake/tasks").json()] == ["3"]
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"list_id": 9, "action": "finish"}, 404),
+        ({"action": "finish"}, 404),
+        ({"list_id": 1}, 400),
+        ({"list_id": 1, "action": "explode"}, 400),
+        ({"list_id": 1, "action": "fail", "colour": "red"}, 400),
+        ({"list_id": 1, "action": "update", "colour": "red"}, 400),
+    ],
+)
+def test_a_bad_move_over_http_is_refused(steps, body, status):
+    assert call(steps, "POST", "/_fake/task", body).status == status
+
+
+# --- faults on the read endpoints ---------------------------------------------
+
+
+@pytest.mark.parametrize("path", [LIST_PATH, CHECK_HISTORY_PATH, CHECK_PATH])
+def test_a_list_that_errors_leaves_the_other_paths_alone(fake, path):
+    submit(fake)
+    fake.set_fault("status", status=500, path=path)
+    answer = read(fake, path, list_id=1)
+    assert (answer.status, answer.text, answer.cookies) == (500, "服务器内部错误", {})
+    others = [p for p in (LIST_PATH, CHECK_HISTORY_PATH, CHECK_PATH) if p != path]
+    assert [read(fake, p, list_id=1).status for p in others] == [200, 200]
+    assert send(fake, "POST", ACCEPT_PATH, task()).json()["code"] == 0
+
+
+def test_a_list_that_answers_non_json(fake):
+    fake.set_fault("non_json", path=CHECK_HISTORY_PATH, times=1)
+    first, second = (read(fake, CHECK_HISTORY_PATH) for _ in range(2))
+    assert first.status == 200 and first.text.startswith("<!DOCTYPE html>")
+    assert second.json()["history"] is True
+
+
+def test_faults_on_the_read_paths_over_http(fake):
+    submit(fake)
+    call(
+        fake,
+        "POST",
+        "/_fake/fault",
+        {"kind": "status", "status": 502, "path": LIST_PATH, "method": "GET"},
+    )
+    assert read(fake, LIST_PATH).status == 502
+    assert read(fake, TEMPLATES_PATH).status == 200
+
+
+def test_a_slow_list(fake):
+    fake.set_fault("slow", seconds=0.5, path=LIST_PATH)
+    started = time.monotonic()
+    assert read(fake, LIST_PATH).status == 200
+    assert time.monotonic() - started >= 0.5
+
+
+# --- the key ---------------------------------------------------------------
+
+
+def test_make_auth_key_carries_the_admin_services_claims():
+    payload = jwt_payload(
+        make_auth_key(user_id=3, username="u", nickname="n", is_superuser=True, exp=5)
+    )
+    assert {"exp", "nbf", "iat", "iss", "sub", "id", "data"} <= set(payload)
+    assert (payload["exp"], payload["iss"]) == (5, "auth: ss")
+    assert payload["data"] == {
+        "user_id": 3,
+        "username": "u",
+        "nickname": "n",
+        "email": "githook@example.com",
+        "is_superuser": True,
+    }
+    assert "exp" not in jwt_payload(make_auth_key(exp=None))
+
+
+def test_an_expired_key_still_reads(anyone):
+    submit(anyone)
+    assert ids(
+        read(anyone, LIST_PATH, auth_key=make_auth_key(exp=int(time.time()) - 2 * 86400))
+    ) == [1]
+
+
 # --- standalone ------------------------------------------------------------
 
 
@@ -983,6 +1766,36 @@ def test_standalone_refuses_a_key_file_that_is_not_a_jwt(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "not a well-formed JWT" in result.stderr and "4d1c2a0f" not in result.stderr
+
+
+def test_standalone_reads_rich_templates_and_moves_tasks_over_http(tmp_path):
+    key_file, templates_file = tmp_path / "auth_key", tmp_path / "templates.json"
+    key_file.write_text(KEY + "\n")
+    templates_file.write_text(
+        json.dumps(
+            {"40": {"name": "web", "users": ["ops"], "steps": [{"group": 3, "args": ["TAG"]}]}}
+        )
+    )
+    command = [sys.executable, os.path.join(FAKES, "fake_codo.py"), "--port", str(unused_port())]
+    command += ["--auth-key-file", str(key_file), "--templates-file", str(templates_file)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()
+        server = type("Standalone", (), {"port": int(url.rsplit(":", 1)[1])})
+        details = read(server, TEMPLATE_DETAILS_PATH, temp_id=40).json()["data"]
+        assert [(s["group"], s["args"]) for s in details["temp_list"]] == [(3, "TAG")]
+        assert read(server, TEMPLATES_PATH, key="temp_id", value=32).json()["data"] == []
+        submit(server, temp_id=40, hosts="{3: '10.0.0.8'}")
+        moved = call(server, "POST", "/_fake/task", {"list_id": 1, "action": "fail"}).json()
+        assert (moved["row"]["status"], moved["row"]["associated_user"]) == (
+            "4",
+            "{'admin': ['ops', 'githook']}",
+        )
+        data = read(server, CHECK_PATH, list_id=1).json()["data"]
+        assert data["hosts_status"] == {"10.0.0.8": "4"}
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
 
 
 # --- the Gitaly runner, through real pushes --------------------------------
