@@ -1128,11 +1128,24 @@ class Platform:
             f"the platform's task list is longer than {SEARCH_PAGES} pages: not searched to its end"
         )
 
-    def _page(self, path, query, budget):
+    def _read(self, path, query, budget):
+        """(status, JSON payload or None) of one GET of the platform's read API, within the budget.
+        Raises _Unreadable when no reply could be had."""
         from urllib.parse import urlencode
 
-        url = f"{self.base}{path}?{urlencode(query)}"
-        status, _headers, payload = self._request("GET", url, budget)
+        try:
+            with budget:
+                status, _headers, payload = self._request(
+                    "GET", f"{self.base}{path}?{urlencode(query)}", budget
+                )
+        except BudgetExceeded:
+            raise _Unreadable("the time budget ran out while reading the platform")
+        except (_Unreachable, _NotSent, _MaybeSent) as error:
+            raise _Unreadable(str(error))
+        return status, payload
+
+    def _page(self, path, query, budget):
+        status, payload = self._read(path, query, budget)
         if status != 200 or not isinstance(payload, dict) or payload.get("code") != 0:
             raise _Unreadable(f"the platform's task list could not be read (HTTP {status})")
         rows, count = payload.get("data"), payload.get("count")
@@ -1146,15 +1159,9 @@ class Platform:
 
         deployed: finished, every step succeeded; failed: which step on which host; waiting_approval;
         waiting: at a manual or timed step; paused; running; unknown: the platform could not tell."""
-        from urllib.parse import urlencode
-
-        url = f"{self.base}{TASK_CHECK_PATH}?{urlencode({'list_id': task_id})}"
         try:
-            with budget:
-                status, _headers, payload = self._request("GET", url, budget)
-        except BudgetExceeded:
-            return "unknown", "the time budget ran out while reading the task"
-        except (_Unreachable, _NotSent, _MaybeSent) as error:
+            status, payload = self._read(TASK_CHECK_PATH, {"list_id": task_id}, budget)
+        except _Unreadable as error:
             return "unknown", str(error)
         data = (
             payload.get("data") if isinstance(payload, dict) and payload.get("code") == 0 else None
@@ -1190,17 +1197,12 @@ class Platform:
         return "running", f"{one_line(schedule, 20)} in the platform"
 
     def _host_steps(self, task_id, host, group, budget):
-        from urllib.parse import urlencode
-
         query = {"list_id": task_id, "get_run_host": host}
         if group is not None:
             query["get_run_group"] = group
         try:
-            with budget:
-                status, _headers, payload = self._request(
-                    "GET", f"{self.base}{TASK_CHECK_PATH}?{urlencode(query)}", budget
-                )
-        except (BudgetExceeded, _Unreachable, _NotSent, _MaybeSent):
+            status, payload = self._read(TASK_CHECK_PATH, query, budget)
+        except _Unreadable:
             return []
         data = payload.get("data") if isinstance(payload, dict) else None
         if status != 200 or not isinstance(data, dict):
@@ -1209,16 +1211,12 @@ class Platform:
 
     def template_steps(self, template_id, budget):
         """The template's steps ([] when it has none or does not exist), or None if unreadable."""
-        from urllib.parse import urlencode
-
         exists = self.template_exists(template_id, budget)
         if not exists:
             return None if exists is None else []
-        url = f"{self.base}{TEMPLATE_DETAILS_PATH}?{urlencode({'temp_id': template_id})}"
         try:
-            with budget:
-                status, _headers, payload = self._request("GET", url, budget)
-        except (BudgetExceeded, _Unreachable, _NotSent, _MaybeSent):
+            status, payload = self._read(TEMPLATE_DETAILS_PATH, {"temp_id": template_id}, budget)
+        except _Unreadable:
             return None
         data = payload.get("data") if isinstance(payload, dict) else None
         steps = data.get("temp_list") if isinstance(data, dict) else None
@@ -1228,13 +1226,11 @@ class Platform:
 
     def template_exists(self, template_id, budget):
         """True, False, or None when the platform cannot tell."""
-        from urllib.parse import urlencode
-
-        url = f"{self.base}{TEMPLATE_PATH}?{urlencode({'key': 'temp_id', 'value': template_id})}"
         try:
-            with budget:
-                status, _headers, payload = self._request("GET", url, budget)
-        except (BudgetExceeded, _Unreachable, _NotSent, _MaybeSent):
+            status, payload = self._read(
+                TEMPLATE_PATH, {"key": "temp_id", "value": template_id}, budget
+            )
+        except _Unreadable:
             return None
         if (
             status != 200

@@ -135,6 +135,16 @@ class Site:
         )
         git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=self.clone)
 
+    def serve_key(self, key, **codo):
+        """The platform restarted to accept `key` only (None: any well-formed key), the hook given it."""
+        self.fake.stop()
+        self.fake.__init__(auth_key=key)
+        self.fake.start()
+        self.config["codo"].update(url=self.fake.url, **codo)
+        self.write_config()
+        with open(self.key_file, "w", encoding="utf-8") as handle:
+            handle.write(key or self.fake.auth_key)
+
     def write_config(self, config=None):
         with open(self.config_path, "w", encoding="utf-8") as handle:
             json.dump(config if config is not None else self.config, handle)
@@ -244,6 +254,15 @@ def fake():
 @pytest.fixture
 def site(tmp_path, fake):
     return Site(tmp_path, fake)
+
+
+@pytest.fixture
+def other_platform():
+    """A second platform on another port: where a redirect or a planted entry would take the key."""
+    server = FakeCodo(auth_key=AUTH_KEY)
+    server.start()
+    yield server
+    server.stop()
 
 
 def assert_key_nowhere(site, *outputs):

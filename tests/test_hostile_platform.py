@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import AUTH_KEY, assert_key_nowhere, new_tag_line
-from fakes.fake_codo import FakeCodo
+from conftest import assert_key_nowhere, new_tag_line
 
 RELEASE = "release-dbtt-1"
 ACCEPT = "/api/task/v2/task/accept/"
@@ -20,12 +19,9 @@ def push(site, stage="post-receive"):
 
 
 @pytest.fixture
-def elsewhere():
+def elsewhere(other_platform):
     """The host a redirect points at: it must never see a request."""
-    server = FakeCodo(auth_key=AUTH_KEY)
-    server.start()
-    yield server
-    server.stop()
+    return other_platform
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

@@ -9,8 +9,7 @@ import subprocess
 import tempfile
 
 import pytest
-from conftest import AUTH_KEY, PROJECT, assert_key_nowhere, new_tag_line
-from fakes.fake_codo import FakeCodo
+from conftest import PROJECT, assert_key_nowhere, new_tag_line
 
 RELEASE = "release-dbtt-1"
 NOBODY = 65534
@@ -30,12 +29,9 @@ def mode(path):
 
 
 @pytest.fixture
-def evil():
+def evil(other_platform):
     """Where an attacker wants the key to go."""
-    server = FakeCodo(auth_key=AUTH_KEY)
-    server.start()
-    yield server
-    server.stop()
+    return other_platform
 
 
 @pytest.fixture

@@ -44,11 +44,7 @@ def test_a_key_expired_is_an_error_and_one_near_expiry_a_warning(site):
         part = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
         return ".".join([head, part, sig])
 
-    site.fake.stop()
-    site.fake.__init__(auth_key=None)  # any well-formed key with a user_id, like the real server
-    site.fake.start()
-    site.config["codo"]["url"] = site.fake.url
-    site.write_config()
+    site.serve_key(None)  # any well-formed key with a user_id, like the real server
     use_key(site, key_expiring(-86400))
     result = probe(site)
     assert result.returncode == 2 and "the platform key expired on" in result.stdout
