@@ -87,53 +87,63 @@ def git(*args, cwd=None, env=None, check=True):
     )
 
 
+REPO = os.path.join("repositories", "@hashed", "6b", "86", "project-1.git")
+
+
+def build_site_tree(root):
+    """What every test starts from, built once a session: the installed program, a bare repository
+    whose hooks run as Gitaly runs them (custom_hooks empty), and a clone with one commit pushed."""
+    root = str(root)
+    install_program(os.path.join(root, "opt", "codo-hooks"))
+    repo = os.path.join(root, REPO)
+    git("init", "--bare", "-q", repo)
+    subprocess.run(
+        [sys.executable, RUNNER, "install", repo, "--project-path", PROJECT, "--project-id", "1"],
+        check=True,
+    )
+    os.makedirs(os.path.join(repo, "custom_hooks"))
+    clone = os.path.join(root, "clone")
+    git("clone", "-q", repo, clone)
+    identity = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+    git(*identity, "commit", "-q", "--allow-empty", "-m", "one", cwd=clone)
+    git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=clone)
+    return root
+
+
+def copy_site_tree(template, root):
+    """A copy of the template for one test: the few files naming the template's path name the copy's."""
+    shutil.copytree(template, root, symlinks=True, dirs_exist_ok=True)
+    repo = os.path.join(root, REPO)
+    for path in [
+        os.path.join(repo, "hooks", stage) for stage in ("pre-receive", "update", "post-receive")
+    ] + [os.path.join(root, "clone", ".git", "config")]:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text.replace(template, root))
+
+
 class Site:
     """One GitLab-like project: bare repo with custom_hooks, a clone, the platform's config and state."""
 
-    def __init__(self, tmp_path, fake):
+    def __init__(self, tmp_path, fake, template=None):
         self.tmp = tmp_path
         self.fake = fake
-        self.entry = install_program(str(tmp_path / "opt" / "codo-hooks"))
+        if template is None:
+            template = build_site_tree(tmp_path / "template")
+        copy_site_tree(str(template), str(tmp_path))
+        self.entry = os.path.join(str(tmp_path), "opt", "codo-hooks", "codo_release_hook.py")
         self.state_dir = str(tmp_path / "state")
         self.key_file = str(tmp_path / "auth_key")
         with open(self.key_file, "w", encoding="utf-8") as handle:
             handle.write(AUTH_KEY + "\n")
         os.chmod(self.key_file, 0o600)
-        self.repo = str(tmp_path / "repositories" / "@hashed" / "6b" / "86" / "project-1.git")
-        git("init", "--bare", "-q", self.repo)
-        subprocess.run(
-            [
-                sys.executable,
-                RUNNER,
-                "install",
-                self.repo,
-                "--project-path",
-                PROJECT,
-                "--project-id",
-                "1",
-            ],
-            check=True,
-        )
+        self.repo = str(tmp_path / REPO)
         self.hooks = os.path.join(self.repo, "custom_hooks")
-        os.makedirs(self.hooks)
         self.config_path = os.path.join(self.hooks, "codo-release.json")
         self.config = base_config(fake.url, self.state_dir, self.key_file)
         self.write_config()
         self.clone = str(tmp_path / "clone")
-        git("clone", "-q", self.repo, self.clone)
-        git(
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "one",
-            cwd=self.clone,
-        )
-        git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=self.clone)
 
     def serve_key(self, key, **codo):
         """The platform restarted to accept `key` only (None: any well-formed key), the hook given it."""
@@ -251,9 +261,14 @@ def fake():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def site_template(tmp_path_factory):
+    return build_site_tree(tmp_path_factory.mktemp("site-template"))
+
+
 @pytest.fixture
-def site(tmp_path, fake):
-    return Site(tmp_path, fake)
+def site(tmp_path, fake, site_template):
+    return Site(tmp_path, fake, site_template)
 
 
 @pytest.fixture
