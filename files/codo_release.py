@@ -128,7 +128,14 @@ RULE_DEFAULTS = {
     "args": {},
     "allowed_users": [],
     "on_move": False,
+    "mode": "release",
+    "from_branch": None,
+    "max_age_days": None,
+    "max_per_push": 10,
+    "pusher_args": {},
 }
+# What a rule may hand the task about who released (pusher_args: {"ARG_NAME": field}).
+WHO_FIELDS = ("username", "gl_id", "protocol", "old", "new")
 APIS = ("task_accept", "git_hooks")
 SEED_ARGS = ("TAG", "GIT_URL", "APP_NAME")
 PLATFORM_TEXT_LIMIT = 50
@@ -572,12 +579,53 @@ def _rule_problems(where, rule, api):
     if not isinstance(users, list) or not all(isinstance(user, str) for user in users):
         problems.append(f"{where}.allowed_users must be a list of GitLab usernames")
     problems += _args_problems(where, rule.get("args", {}))
+    problems += _guard_problems(where, rule)
     if api == "task_accept":
         if not is_ascii_number(rule.get("template_id")):
             problems.append(
                 f"{where}.template_id must be the platform template's number (ASCII digits)"
             )
         problems += _hosts_problems(where + ".hosts", rule.get("hosts"))
+    return problems
+
+
+def _guard_problems(where, rule):
+    """mode, the guards (from_branch, max_age_days, max_per_push) and pusher_args."""
+    problems = []
+    if rule.get("mode", "release") not in ("release", "shadow"):
+        problems.append(
+            f'{where}.mode must be "release" or "shadow" (matches, says what it would send, sends nothing)'
+        )
+    branch = rule.get("from_branch")
+    if branch is not None and (
+        not isinstance(branch, str)
+        or not branch
+        or not set(branch) <= SHELL_SAFE_CHARS
+        or ".." in branch
+        or branch.startswith(("-", "/"))
+        or branch.endswith((".lock", "/"))
+    ):
+        problems.append(f"{where}.from_branch must be a branch name, e.g. main")
+    age = rule.get("max_age_days")
+    if age is not None and (not _is_number(age) or not 0 < age <= 36500):
+        problems.append(f"{where}.max_age_days must be a number of days above 0 (at most 36500)")
+    count = rule.get("max_per_push", RULE_DEFAULTS["max_per_push"])
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+        problems.append(f"{where}.max_per_push must be a whole number from 1 to 1000")
+    who = rule.get("pusher_args", {})
+    if not isinstance(who, dict):
+        return problems + [
+            f"{where}.pusher_args must map argument names to one of: {', '.join(WHO_FIELDS)}"
+        ]
+    for name, field in sorted(who.items()):
+        if not name or name[0] in DIGITS or not set(name) <= NAME_CHARS or name in SEED_ARGS:
+            problems.append(
+                f"{where}.pusher_args: {one_line(name)!r} is not a name the hook may set"
+            )
+        elif field not in WHO_FIELDS:
+            problems.append(f"{where}.pusher_args.{name} must be one of: {', '.join(WHO_FIELDS)}")
+        elif name in (rule.get("args") or {}):
+            problems.append(f"{where}.pusher_args.{name} is in args too: use one")
     return problems
 
 
@@ -760,7 +808,7 @@ TASK_ACCEPT_PATH = "/api/task/v2/task/accept/"
 GIT_HOOKS_PATH = "/api/task/other/v1/git/hooks/"
 
 
-def task_accept_body(project, rule, tag, now=None):
+def task_accept_body(project, rule, tag, now=None, who=None):
     import json
 
     args = {
@@ -769,6 +817,10 @@ def task_accept_body(project, rule, tag, now=None):
         "APP_NAME": project.settings["app_name"],
     }
     args.update((str(key), str(value)) for key, value in rule.settings["args"].items())
+    for name, field in sorted(rule.settings["pusher_args"].items()):
+        value = str((who or {}).get(field) or "")
+        # These go into the hosts' shell too: only what is plainly safe, else "unknown".
+        args[name] = value if value and set(value) <= SHELL_SAFE_CHARS else "unknown"
     return json.dumps(
         {
             "task_name": project.settings["task_name"],
@@ -792,11 +844,11 @@ def git_hooks_body(config, project, tag):
     )
 
 
-def request_for(config, project, rule, tag):
-    """(path, body) of the one request that releases this tag."""
+def request_for(config, project, rule, tag, who=None):
+    """(path, body) of the one request that releases this tag; who: the push's WHO_FIELDS."""
     if config.codo["api"] == "git_hooks":
         return GIT_HOOKS_PATH, git_hooks_body(config, project, tag)
-    return TASK_ACCEPT_PATH, task_accept_body(project, rule, tag)
+    return TASK_ACCEPT_PATH, task_accept_body(project, rule, tag, who=who)
 
 
 # ---------------------------------------------------------------------------
@@ -1907,6 +1959,8 @@ class Push:
         self.stage = stage
         self.updates = updates  # [old, new, ref] of new and moved tags
         self.user = os.environ.get("GL_USERNAME")
+        self.gl_id = os.environ.get("GL_ID")
+        self.protocol = os.environ.get("GL_PROTOCOL")
         self.project_path = os.environ.get("GL_PROJECT_PATH")
         self.config_path = config_path
         self.kept = (
@@ -1939,6 +1993,7 @@ def run_stage(push, malformed):
             decisions = [
                 (update, decide(config, project, update, push.user)) for update in candidates
             ]
+            decisions = guarded(push, decisions)
     except ConfigError as error:
         return config_broken(push, str(error))
     except BudgetExceeded:
@@ -1953,6 +2008,12 @@ def run_stage(push, malformed):
         return EXIT_REFUSED if refused else EXIT_OK
     if refused and push.stage == "update":
         return EXIT_REFUSED
+    for update, decision in decisions:
+        if decision.kind == "release" and decision.rule.settings["mode"] == "shadow":
+            report_shadow(config, project, push, update, decision.rule)
+    decisions = [
+        (u, d) for u, d in decisions if d.kind != "release" or d.rule.settings["mode"] != "shadow"
+    ]
     releases = [
         (update, decision.rule) for update, decision in decisions if decision.kind == "release"
     ]
@@ -1963,6 +2024,102 @@ def run_stage(push, malformed):
     if push.stage == "update" and outcomes[0] == "refused":
         return EXIT_REFUSED
     return EXIT_OK
+
+
+def guarded(push, decisions):
+    """The rules' guards on what a push may release: at most max_per_push new release tags a rule
+    (a mirror or an import refuses instead of queueing hundreds of deployments), the tagged commit
+    on from_branch, and not older than max_age_days. Only releases pay for them."""
+    per_rule = {}
+    for update, decision in decisions:
+        if decision.kind == "release" and decision.rule.settings["mode"] != "shadow":
+            per_rule.setdefault(decision.rule.index, []).append(update)
+    checked = []
+    for update, decision in decisions:
+        reason = ""
+        if decision.kind == "release" and decision.rule.settings["mode"] != "shadow":
+            rule = decision.rule
+            count = len(per_rule[rule.index])
+            if count > rule.settings["max_per_push"]:
+                reason = (
+                    f"this push creates {count} release tags for rule {rule.index}, at most "
+                    f"{rule.settings['max_per_push']} (max_per_push): push them a few at a time"
+                )
+            else:
+                reason = commit_guard_reason(rule, update)
+        checked.append((update, Decision("refuse", reason, decision.rule) if reason else decision))
+    return checked
+
+
+def commit_guard_reason(rule, update):
+    """Why the tagged commit may not be released (from_branch, max_age_days), or ''."""
+    branch, days = rule.settings["from_branch"], rule.settings["max_age_days"]
+    if branch is None and days is None:
+        return ""
+    commit = update.new + "^{commit}"
+    if branch is not None:
+        code, _ = _git("merge-base", "--is-ancestor", commit, "refs/heads/" + branch)
+        if code == 1:
+            return f"tag {shown(update.tag)} is not on branch {branch}: only what was merged there is released (from_branch of rule {rule.index})"
+        if code != 0:
+            return f"cannot tell whether tag {shown(update.tag)} is on branch {branch} (does it exist?); push the branch first"
+    if days is not None:
+        code, out = _git("log", "-1", "--format=%ct", commit)
+        if code != 0 or not out.strip().isdigit():
+            return f"cannot read the date of tag {shown(update.tag)}'s commit"
+        age = (time.time() - int(out.strip())) / 86400
+        if age > days:
+            return f"tag {shown(update.tag)} points at a commit {age:.0f} days old, more than {days:g} (max_age_days of rule {rule.index})"
+    return ""
+
+
+def _git(*args):
+    """(exit code, stdout) of git in the repository the hook runs in (quarantined objects included)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            universal_newlines=True,
+        )
+    except OSError:
+        return -1, ""
+    return done.returncode, done.stdout
+
+
+def report_shadow(config, project, push, update, rule):
+    say(
+        f"{shown(update.tag)} shadow: rule {rule.index} would submit it to template "
+        f"{rule.settings['template_id']} ({rule.settings['schedule']}); nothing sent (mode: shadow)"
+    )
+    log_event(config, outcome="shadow", rule=rule.index, **event_of(push, update, project.path))
+
+
+def event_of(push, update, project):
+    """Who released what: the fields every log event of a push's tag carries."""
+    return {
+        "project": project,
+        "ref": update.ref,
+        "stage": push.stage,
+        "user": push.user,
+        "gl_id": push.gl_id,
+        "protocol": push.protocol,
+        "old": update.old,
+        "new": update.new,
+    }
+
+
+def who_of(push, update):
+    return {
+        "username": push.user,
+        "gl_id": push.gl_id,
+        "protocol": push.protocol,
+        "old": update.old,
+        "new": update.new,
+    }
 
 
 def too_slow(config):
@@ -2061,13 +2218,10 @@ def report_refusal(config, project, push, update, decision):
         refuse_line(f"push refused: {decision.reason}")
     log_event(
         config,
-        project=project.path,
-        ref=update.ref,
-        stage=push.stage,
-        user=push.user,
         rule=decision.rule.index if decision.rule else None,
         outcome="refused",
         detail=decision.reason,
+        **event_of(push, update, project.path),
     )
 
 
@@ -2077,6 +2231,8 @@ def _entry(push, update, rule):
         tag=update.tag,
         project=push.project_path,
         user=push.user,
+        gl_id=push.gl_id,
+        protocol=push.protocol,
         stage=push.stage,
         config_path=os.path.abspath(push.config_path),
         rule=rule.index if rule else None,
@@ -2115,10 +2271,7 @@ class Sender:
         outcome = self._settle(claim, update, result)
         log_event(
             self.config,
-            project=self.project.path,
-            ref=update.ref,
-            stage=self.push.stage,
-            user=self.push.user,
+            **event_of(self.push, update, self.project.path),
             rule=rule.index,
             outcome=outcome,
             detail=result.detail,
@@ -2142,7 +2295,9 @@ class Sender:
                 )  # a loaded CPU is not the platform's fault
         except ConfigError as error:
             return Result(PENDING, str(error))
-        path, body = request_for(self.config, self.project, rule, update.tag)
+        path, body = request_for(
+            self.config, self.project, rule, update.tag, who_of(self.push, update)
+        )
         result = self.platform.submit(path, body, self.budget, _template_of(self.config, rule))
         if result.platform_down:
             self.down.set(result.detail)
@@ -2610,7 +2765,7 @@ def match_tag(args):
             )
         )
         return EXIT_REFUSED
-    path, body = request_for(config, project, decision.rule, args.tag)
+    path, body = request_for(config, project, decision.rule, args.tag, {"username": args.user})
     say(
         "{} matches rule {} ({}); a push would send:".format(
             shown(args.tag), decision.rule.index, one_line(repr(decision.rule.settings["tag"]))
@@ -2699,7 +2854,13 @@ def resend(spool, claim):
         say(f"{shown(update.tag)} not sent: {decision.reason}")
         _settle_quietly(claim, SENT, None, skipped=decision.reason)
         return SKIPPED
-    path, body = request_for(config, project, decision.rule, update.tag)
+    who = {
+        "username": entry.get("user"),
+        "gl_id": entry.get("gl_id"),
+        "protocol": entry.get("protocol"),
+    }
+    who.update(old=update.old, new=update.new)
+    path, body = request_for(config, project, decision.rule, update.tag, who)
     platform = Platform(config.codo, auth_key, config.codo["auth_key_file"])
     result = platform.submit(
         path, body, Budget(config.codo["budget_s"]), _template_of(config, decision.rule)
@@ -2724,6 +2885,10 @@ def resend(spool, claim):
         ref=update.ref,
         stage="flush",
         user=entry.get("user"),
+        gl_id=entry.get("gl_id"),
+        protocol=entry.get("protocol"),
+        old=entry["old"],
+        new=entry["new"],
         rule=decision.rule.index,
         outcome=result.outcome,
         detail=result.detail,

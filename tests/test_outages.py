@@ -169,6 +169,8 @@ def test_an_entry_abandoned_mid_send_becomes_uncertain(site):
 
 
 def test_concurrent_flushes_send_each_release_once(site):
+    site.rule(1)["max_per_push"] = 12  # one push of 12 release tags, past the default guard of 10
+    site.write_config()
     site.fake.stop()
     post_receive(site, *[f"release-dbtt-f{n:02d}" for n in range(12)])
     assert len(site.spool("pending")) == 12
