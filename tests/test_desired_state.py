@@ -1,17 +1,19 @@
 """Where the role looks for each project's repository, what config it gets, and what stops a run
-before anything changes: roles/codo_hooks/files/desired_state.py run as the role runs it
-(`python3 -c <source>`, the role's inputs as JSON on stdin, the real hook's check-config)."""
+before anything changes: the shared code of the codo_hooks_projects module and action plugin
+(roles/codo_hooks/module_utils/codo_hooks_core/desired.py) as they call it, with the real hook's
+check-config."""
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from ansible_module import role_module_utils
+
+role_module_utils()
+from ansible.module_utils.codo_hooks_core import desired
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "codo_hooks"
-SCRIPT = ROLE / "files" / "desired_state.py"
 RULES = [{"tag": r"\Arelease-", "template_id": 32, "hosts": {"1": ["10.0.0.5"]}}]
 SHA1 = "6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b"  # sha256("1")
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text(encoding="utf-8"))
@@ -42,17 +44,10 @@ def render(projects, method="files", cluster=False, located=None):
         },
         "settings": {"state_dir": "/var/opt/codo-hooks", "on_failure": "spool"},
     }
-    run = subprocess.run(
-        [sys.executable, "-c", SCRIPT.read_text(encoding="utf-8")],
-        input=json.dumps(want),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    out = json.loads(run.stdout)
-    assert run.returncode == (1 if "errors" in out else 0), run.stderr
-    return {p["path"]: p for p in out.get("projects", [])}, out.get("errors", [])
+    states, errors = desired.work_out(want)
+    if not errors:
+        errors = desired.check_config_errors(sys.executable, want["hook"], states)
+    return {p["path"]: p for p in ([] if errors else states)}, errors
 
 
 def test_an_id_is_found_in_hashed_storage():

@@ -1,18 +1,21 @@
-"""roles/codo_hooks/files/gitlab_storage.py run as the role runs it on the control node
-(`python3 -c <file>`, the request as JSON on stdin) against the fake GitLab API on 127.0.0.1."""
+"""The GitLab API lookup of the codo_hooks_gitlab_storage module (roles/codo_hooks/module_utils/
+codo_hooks_core/gitlab.py, called as the module calls it) against the fake GitLab API on 127.0.0.1.
+tests/test_projects_playbook.py runs the module through ansible-playbook."""
 
 import hashlib
+import io
 import json
 import secrets
 import socket
-import subprocess
-import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
-from conftest import ROOT
+from ansible_module import role_module_utils
 from fakes.fake_gitlab import FakeGitLab
 
-SCRIPT = ROOT + "/roles/codo_hooks/files/gitlab_storage.py"
+role_module_utils()
+from ansible.module_utils.codo_hooks_core import gitlab as gitlab_lookup
+
 TOKEN = "glpat-admin-" + secrets.token_hex(8)
 USER_TOKEN = "glpat-user-" + secrets.token_hex(8)
 
@@ -23,17 +26,15 @@ def hashed(project_id):
 
 
 def lookup(url, token, paths, located=()):
-    """(argv, rc, parsed stdout, raw stdout, stderr): paths given by path only, located by id."""
-    with open(SCRIPT, encoding="utf-8") as handle:
-        argv = [sys.executable, "-c", handle.read()]
+    """([], 0, the result, the result as JSON, what was printed): paths given by path only, located by id."""
     projects = [{"path": path} for path in paths] + [
         {"path": path, "id": number} for number, path in enumerate(located, 100)
     ]
-    asked = {"url": url, "token": token, "validate_certs": True, "projects": projects}
-    done = subprocess.run(
-        argv, input=json.dumps(asked), capture_output=True, text=True, check=False, timeout=60
-    )
-    return argv, done.returncode, json.loads(done.stdout), done.stdout, done.stderr
+    printed = io.StringIO()
+    with redirect_stdout(printed), redirect_stderr(printed):
+        found, errors = gitlab_lookup.locate(url, token, True, projects)
+    out = {"located": found, "errors": errors}
+    return [], 0, out, json.dumps(out), printed.getvalue()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""roles/codo_hooks/files/sync_hooks.py run the way the role runs it (`python3 -c <file> plan|apply
-[--check]`, the wanted state as JSON on stdin), against real bare repositories owned by an
+"""The codo_hooks_projects module (roles/codo_hooks/library/) run the way Ansible runs it
+({"ANSIBLE_MODULE_ARGS": ...} on stdin; `plan` and `--check` are check mode), against real bare
+repositories owned by an
 unprivileged account that stands for GitLab's git user, with the `gitaly` stand-in
 (tests/fakes/fake_gitaly.py) behind `gitaly hooks set`.
 
@@ -9,20 +10,18 @@ root's alone), made for each test and removed after it. Nothing is created syste
 
 import grp
 import hashlib
-import importlib.util
 import json
 import os
 import pwd
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 
 import pytest
+from ansible_module import role_module_utils, run_module
 from conftest import ROOT, base_config, install_program
 
-SYNC = os.path.join(ROOT, "roles", "codo_hooks", "files", "sync_hooks.py")
 FAKE_GITALY = os.path.join(ROOT, "tests", "fakes", "fake_gitaly.py")
 CALLS_LOG = "fake-gitaly-hooks-set.log"
 ALL_STAGES = ["pre-receive", "update", "post-receive"]
@@ -37,32 +36,16 @@ def relative(project_id):
 
 
 def load_sync_hooks():
-    spec = importlib.util.spec_from_file_location("sync_hooks_under_test", SYNC)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    role_module_utils()
+    from ansible.module_utils.codo_hooks_core import sync
+
+    return sync
 
 
 def run_sync(mode, want, *flags, env=None):
-    """As tasks/projects.yml: `python3 -c <text> apply [--check]`; (rc, report, stderr)."""
-    with open(SYNC, encoding="utf-8") as handle:
-        text = handle.read()
-    done = subprocess.run(
-        [sys.executable, "-c", text, mode, *flags],
-        input=json.dumps(want),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env=env,
-    )
-    try:
-        report = json.loads(done.stdout)
-    except ValueError:
-        raise AssertionError(
-            "not a JSON report: rc {}\n{}\n{}".format(done.returncode, done.stdout, done.stderr)
-        )
-    return done.returncode, report, done.stderr
+    """The module as the role's tasks run it: `plan` and `--check` in check mode; (rc, result, stderr)."""
+    check = mode == "plan" or "--check" in flags
+    return run_module("codo_hooks_projects", want, check=check, diff=True, env=env)
 
 
 def snapshot(top):
@@ -175,40 +158,34 @@ class GitalyNode:
         return path
 
     def project(self, path, project_id, state="present", storage=None, **rule_changes):
+        """The inventory's entry (codo_hooks_projects) and, under "config", the config it gets."""
         config = base_config(
             "https://codo.example.com", "/var/opt/codo-hooks", "/etc/codo-hooks/auth_key"
         )
         entry = config["projects"].pop("ops/dbtt")
         entry["rules"][0].update(rule_changes)
-        config["projects"] = {path: dict(entry, app_name=path.upper(), task_name=path.upper())}
-        return {
-            "path": path,
-            "repo": relative(project_id),
-            "storage": storage,
-            "state": state,
-            "stages": list(STAGES),
-            "config": config,
-        }
+        entry = dict(entry, app_name=path.upper(), task_name=path.upper())
+        entry.update(submitter="githook", executor="githook", details="git hook auto exec")
+        config["projects"] = {path: entry}
+        return dict(entry, path=path, id=project_id, storage=storage, state=state, config=config)
 
     def want(self, method, projects, global_dir=""):
+        """The module's arguments, as tasks/projects.yml gives them."""
+        config = projects[0]["config"]
         return {
+            "projects": [{k: v for k, v in p.items() if k != "config"} for p in projects],
             "hook": self.hook,
-            "link_name": "codo-release",
-            "config_name": "codo-release.json",
-            "index_name": "codo-release.projects",
             "method": method,
             "stages": list(STAGES),
+            "codo": config["codo"],
+            "settings": {k: v for k, v in config.items() if k not in ("codo", "projects")},
             "repositories_root": self.storage,
             "global_dir": global_dir,
-            "gitaly": {"command": self.gitaly, "config": self.config, "storage": "default"},
-            "all_stages": list(ALL_STAGES),
+            "gitaly_command": self.gitaly,
+            "gitaly_config": self.config,
+            "gitaly_storage": "default",
             "git_user": self.user,
             "git_group": self.group,
-            "dir_mode": "0750",
-            "file_owner": "root",
-            "file_group": self.group,
-            "config_mode": "0640",
-            "projects": projects,
         }
 
     def calls(self):
@@ -390,8 +367,8 @@ def test_a_failing_gitaly_stops_with_one_line_naming_the_project(node):
     ]
     rc, report, _ = run_sync("apply", node.want("gitaly", projects))
     assert rc == 1
-    assert "\n" not in report["failed"]
-    assert "ops/two" in report["failed"] and "storage on fire" in report["failed"]
+    assert "\n" not in report["msg"]
+    assert "ops/two" in report["msg"] and "storage on fire" in report["msg"]
     assert [d.split(" (")[0] for d in report["done"]] == ["sent ops/one"]
     assert report["changed"] is True
     assert [c["repository"] for c in node.calls()] == [relative(1)]
@@ -416,8 +393,8 @@ def test_an_unknown_gitaly_storage_fails_naming_the_project(node):
         ),
     )
     rc, report, _ = run_sync("apply", node.want("gitaly", [node.project("ops/web", 1)]))
-    assert rc == 1 and "\n" not in report["failed"]
-    assert "ops/web" in report["failed"] and "no such storage" in report["failed"]
+    assert rc == 1 and "\n" not in report["msg"]
+    assert "ops/web" in report["msg"] and "no such storage" in report["msg"]
     assert report["done"] == []
     assert [c["outcome"] for c in node.calls()] == ["error"]
 
@@ -429,7 +406,7 @@ def test_a_config_the_hooks_check_config_refuses_sends_nothing(node):
     bad = node.project("ops/web", 1, hosts={"1": ["not-an-address"]})
     rc, report, _ = run_sync("apply", node.want("gitaly", [bad]))
     assert rc == 1
-    assert "check-config" in report["failed"] and "not-an-address" in report["failed"]
+    assert "check-config" in report["msg"] and "not-an-address" in report["msg"]
     assert report["done"] == [] and report["changed"] is False
     assert node.calls() == []
     assert snapshot(node.storage) == before
@@ -441,7 +418,7 @@ def test_a_missing_repository_or_a_file_in_the_way_stops_apply_before_anything_i
     before = snapshot(node.storage)
     projects = [node.project("ops/web", 1), node.project("ops/gone", 9)]
     rc, report, _ = run_sync("apply", node.want("gitaly", projects))
-    assert rc == 1 and "nothing was changed" in report["failed"]
+    assert rc == 1 and "nothing was changed" in report["msg"]
     assert report["missing_repos"] == [
         {"path": "ops/gone", "repo": os.path.join(node.storage, relative(9))}
     ]
@@ -477,7 +454,7 @@ def test_a_tar_that_makes_a_wiping_archive_is_refused_before_gitaly_is_called(no
     env = dict(os.environ, PATH=trap + os.pathsep + os.environ["PATH"])
     rc, report, _ = run_sync("apply", node.want("gitaly", [node.project("ops/web", 1)]), env=env)
     assert rc == 1
-    assert "not rooted at custom_hooks/" in report["failed"] and "ops/web" in report["failed"]
+    assert "not rooted at custom_hooks/" in report["msg"] and "ops/web" in report["msg"]
     assert report["done"] == []
     assert node.calls() == []
     assert snapshot(node.storage) == before
@@ -659,3 +636,75 @@ def test_files_links_are_roots_and_the_config_0640_in_the_git_group(node):
     assert owner_of(config) == (0, node.gid) and mode_of(config) == 0o640
     rc, again, _ = run_sync("apply", node.want("files", [project]))
     assert rc == 0 and again["changed"] is False
+
+
+# --- what the module refuses to touch ------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", ["present", "absent"])
+def test_a_custom_hooks_that_is_a_link_is_a_conflict_never_written_or_cleaned_through(node, state):
+    web, other = node.repo(1), node.repo(2)
+    own = node.own_hook(other, "post-receive.d/codo-release")  # another project's, a file
+    os.symlink(os.path.join(other, "custom_hooks"), os.path.join(web, "custom_hooks"))
+    before = snapshot(node.storage)
+    rc, report, _ = run_sync("apply", node.want("files", [node.project("ops/web", 1, state=state)]))
+    assert rc == 1 and "nothing was changed" in report["msg"]
+    assert [(c["path"], c["file"], c["is"]) for c in report["conflicts"]] == [
+        ("ops/web", os.path.join(web, "custom_hooks"), "link")
+    ]
+    assert "ops/web" in report["msg"] and "\n" not in report["msg"]
+    assert snapshot(node.storage) == before
+    with open(own, "rb") as handle:
+        assert handle.read() == OWN_HOOK
+
+
+@pytest.mark.parametrize("state", ["present", "absent"])
+def test_a_stage_d_that_is_a_file_is_a_named_conflict(node, state):
+    web = node.repo(1)
+    in_the_way = node.own_hook(web, "post-receive.d")
+    before = snapshot(node.storage)
+    rc, report, stderr = run_sync(
+        "apply", node.want("files", [node.project("ops/web", 1, state=state)])
+    )
+    assert rc == 1, report
+    assert "Traceback" not in stderr
+    assert ("ops/web", in_the_way, "file") in [
+        (c["path"], c["file"], c["is"]) for c in report["conflicts"]
+    ]
+    assert in_the_way in report["msg"] and "nothing was changed" in report["msg"]
+    assert snapshot(node.storage) == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["ops/web\nevil", "ops/we\x1bb", "web", "ops/../web", "ops/-web", "ops/web.git", "ops//web", "ops/w b"],
+)
+def test_a_project_path_outside_gitlabs_rules_is_refused_in_one_line(node, path):
+    node.repo(1)
+    before = snapshot(node.storage)
+    project = node.project("ops/web", 1)
+    project["path"] = path
+    rc, report, _ = run_sync("apply", node.want("files", [project]))
+    assert rc == 1 and report["msg"].startswith("codo_hooks_projects: refused")
+    assert "\n" not in report["msg"] and json.dumps(path) in report["msg"]
+    assert snapshot(node.storage) == before
+
+
+def test_check_mode_diff_shows_each_config_before_and_after_and_each_link_added(node):
+    web = node.repo(1)
+    assert run_sync("apply", node.want("files", [node.project("ops/web", 1)]))[0] == 0
+    before = snapshot(node.storage)
+    changed = node.project("ops/web", 1, template_id=33)
+    rc, report, _ = run_sync("apply", node.want("files", [changed]), "--check")
+    assert rc == 0 and report["changed"] is True and report["done"] == []
+    config = os.path.join(web, "custom_hooks", "codo-release.json")
+    (diff,) = report["diff"]
+    assert diff["before_header"] == diff["after_header"] == config
+    assert '"template_id": 32' in diff["before"] and '"template_id": 33' in diff["after"]
+    assert snapshot(node.storage) == before
+    os.unlink(os.path.join(web, "custom_hooks", "pre-receive.d", "codo-release"))
+    rc, report, _ = run_sync("apply", node.want("files", [changed]), "--check")
+    link = os.path.join(web, "custom_hooks", "pre-receive.d", "codo-release")
+    assert {"before_header": link, "after_header": link,
+            "before": {"path": link, "state": "absent"},
+            "after": {"path": link, "state": "link", "src": node.hook}} in report["diff"]

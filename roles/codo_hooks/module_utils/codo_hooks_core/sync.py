@@ -1,17 +1,8 @@
-"""Bring the hooks of many projects to what the inventory wants, in one pass.
+"""Bring the hooks of many projects to what the inventory wants, in one pass, on the node.
 
-Run by the role as `python3 -c <this file> plan|apply [--check]` with the wanted
-state as JSON on stdin (tasks/assert.yml, tasks/projects.yml); prints a JSON report.
-
-  plan           read-only: what differs (missing repositories and conflicts too)
-  apply          make the changes of the plan; refuses to start if a repository is
-                 missing or something the role did not make is in the way
-  apply --check  what apply would do, changing nothing (Ansible's check mode)
-
-Why one script rather than a loop of ansible.builtin tasks per project: a loop pays
-a module round trip per item and task, 6 per project at first install, and GitLab
-servers carry hundreds of hooked projects. Here a rerun that changes nothing costs
-one round trip whatever the number of projects, and a first install two.
+The engine of the module library/codo_hooks_projects.py: one module call, however many
+projects, compares every project's custom_hooks (or Gitaly's custom_hooks_dir) with the wanted
+state and makes only the changes that differ; in check mode it says what it would change.
 
 The install methods (codo_hooks_install_method) differ only in where the wanted
 entries go and who writes them:
@@ -27,11 +18,11 @@ entries go and who writes them:
 
 It touches only the paths it owns: the chain directories, the `<stage>.d/codo-release`
 links, `codo-release.json` and `codo-release.projects`. A link is removed only when
-it points at the installed hook; a directory only when empty.
-Python 3.6+, standard library only.
+it points at the installed hook; a directory only when empty. A project whose custom_hooks
+is a symbolic link, or whose `<stage>.d` is not a directory, is a conflict: never written
+or cleaned through. Python 3.6+, standard library only.
 """
 
-import difflib
 import grp
 import hashlib
 import json
@@ -41,8 +32,9 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
+
+from ansible.module_utils.codo_hooks_core.config import combined, config_text
 
 SERVER_WIDE = "(server-wide)"
 GITALY_TIMEOUT_S = 300
@@ -62,7 +54,7 @@ class Refused(Exception):
 def lstat(path):
     try:
         return os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -89,20 +81,6 @@ def read_text(path):
             return handle.read()
     except (OSError, ValueError):
         return None
-
-
-def config_text(config):
-    return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-
-
-def combined(configs):
-    """One codo-release.json holding the projects of several (the first one's settings), or None."""
-    if not configs:
-        return None
-    merged = dict(configs[0], projects={})
-    for config in configs:
-        merged["projects"].update(config["projects"])
-    return merged
 
 
 TOML_TABLE = re.compile(r"^\s*(\[\[?)\s*([\w.-]+)\s*\]\]?\s*(#.*)?$")
@@ -369,12 +347,17 @@ class Plan:
             if target.state == "present":
                 self.missing_repos.append({"path": target.path, "repo": target.must_exist})
             return self
+        if target.path != SERVER_WIDE and kind(lstat(hooks_dir)) not in ("absent", "directory"):
+            # A custom_hooks that links elsewhere (another project, anywhere): never written or
+            # cleaned through, for present and absent alike.
+            self.conflict(target, hooks_dir, kind(lstat(hooks_dir)), "directory")
+            return self
         if target.state == "present":
             self.install(target)
             unused = [stage for stage in self.want["all_stages"] if stage not in target.stages]
-            self.remove_links(hooks_dir, unused)
+            self.remove_links(target, unused)
             return self
-        removed = self.remove_links(hooks_dir, self.want["all_stages"])
+        removed = self.remove_links(target, self.want["all_stages"])
         for name in target.files:
             path = os.path.join(hooks_dir, name)
             if kind(lstat(path)) == "file":
@@ -429,11 +412,19 @@ class Plan:
             )
             self.owners[path] = target.file_owner
 
-    def remove_links(self, hooks_dir, stages):
+    def remove_links(self, target, stages):
         """Our links in these stages, and their chain directories when that leaves them empty."""
         removed = set()
         for stage in stages:
-            chain = os.path.join(hooks_dir, stage + ".d")
+            chain = os.path.join(target.hooks_dir, stage + ".d")
+            found = kind(lstat(chain))
+            if found == "absent":
+                continue
+            if found != "directory":
+                # Not ours to look into, nor to remove: a file or a link where a chain belongs.
+                if stage not in target.stages or target.state != "present":
+                    self.conflict(target, chain, found, "directory or nothing")
+                continue
             link = os.path.join(chain, self.want["link_name"])
             if self.is_our_link(link):
                 self.remove_files.append(link)
@@ -443,6 +434,75 @@ class Plan:
                     removed.add(chain)
         return removed
 
+    def diff(self):
+        """Ansible's diff: one before/after entry per config written, link or directory changed."""
+        entries = []
+        for directory in self.dirs:
+            entries.append(entry(directory, described(directory), self.wanted_dir(directory)))
+        for link in self.links:
+            after = dict(path=link, state="link", src=self.want["hook"])
+            entries.append(entry(link, described(link), after))
+        for config in self.configs:
+            if config["before"] != config["after"]:
+                entries.append(
+                    {
+                        "before_header": config["dest"] if config["before"] else "(absent)",
+                        "after_header": config["dest"],
+                        "before": config["before"],
+                        "after": config["after"],
+                    }
+                )
+            else:
+                owner = self.owners[config["dest"]]
+                after = dict(path=config["dest"], state="file", owner=owner.user)
+                after.update(group=owner.group, mode="%04o" % self.config_mode)
+                entries.append(entry(config["dest"], described(config["dest"]), after))
+        for path in self.remove_files:
+            if path.endswith(".json") and kind(lstat(path)) == "file":
+                text = read_text(path) or ""
+                entries.append(
+                    {"before_header": path, "after_header": "(absent)", "before": text, "after": ""}
+                )
+            else:
+                entries.append(entry(path, described(path), dict(path=path, state="absent")))
+        for directory in self.remove_dirs:
+            entries.append(entry(directory, described(directory), dict(path=directory, state="absent")))
+        return entries
+
+    def wanted_dir(self, path):
+        owner = self.owners[path]
+        return dict(
+            path=path, state="directory", owner=owner.user, group=owner.group,
+            mode="%04o" % self.dir_mode,
+        )
+
+
+def entry(path, before, after):
+    return {"before_header": path, "after_header": path, "before": before, "after": after}
+
+
+def described(path):
+    """What is at path now, as the file module describes it."""
+    st = lstat(path)
+    found = kind(st)
+    if found == "absent":
+        return dict(path=path, state="absent")
+    what = dict(path=path, state=found)
+    if found == "link":
+        what["src"] = os.readlink(path)
+    else:
+        what["mode"] = "%04o" % permissions(st)
+    what["owner"] = name_of(pwd.getpwuid, st.st_uid)
+    what["group"] = name_of(grp.getgrgid, st.st_gid)
+    return what
+
+
+def name_of(lookup, number):
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
+
 
 def empty_after(directory, removed):
     try:
@@ -450,24 +510,6 @@ def empty_after(directory, removed):
     except OSError:
         return False
     return all(os.path.join(directory, entry) in removed for entry in entries)
-
-
-def config_diffs(plan):
-    return [
-        "".join(
-            difflib.unified_diff(
-                config["before"].splitlines(True),
-                config["after"].splitlines(True),
-                "before: " + config["dest"],
-                "after: " + config["dest"],
-            )
-        )
-        for config in plan.configs
-        if config["before"] != config["after"]
-    ]
-
-
-# --- making the changes --------------------------------------------------------------
 
 
 def check_configs(hook, configs):
@@ -689,24 +731,49 @@ def apply(node, plans):
     return done
 
 
-def main(argv):
-    mode = argv[1] if len(argv) > 1 else "plan"
-    check = "--check" in argv[2:]
-    want = json.load(sys.stdin)
-    if "desired" in want:  # files/desired_state.py's output, passed through by the role
-        desired = want.pop("desired")
-        if isinstance(desired, str):
-            desired = json.loads(desired)
-        want["projects"] = desired["projects"]
+
+
+def failure(plan):
+    """One message naming every missing repository and conflict."""
+    parts = []
+    if plan.missing_repos:
+        parts.append(
+            "No repository directory on this node for: {}. Check the project's id, or set "
+            "disk_path to the Relative path the Admin area shows (legacy storage, another storage, "
+            "Gitaly Cluster), or codo_hooks_repositories_root".format(
+                "; ".join("{} (looked for {})".format(r["path"], r["repo"]) for r in plan.missing_repos)
+            )
+        )
+    if plan.conflicts:
+        parts.append(
+            "{}. Move it away (it was not made by this role) and run again".format(
+                "; ".join(
+                    "{}: {} is a {}, the hook needs a {} there".format(
+                        c["path"], c["file"], c["is"], c["want"]
+                    )
+                    for c in plan.conflicts
+                )
+            )
+        )
+    return ". ".join(parts) + "; nothing was changed."
+
+
+def run(want, check):
+    """The module's result, and why it failed (None when it did not).
+
+    want: the node's settings and every project's wanted state (desired.work_out's states).
+    """
+    result = {"changed": False, "differs": False, "done": [], "sends": [], "elsewhere": [], "method": want["method"]}
     try:
         node = Node(want)
     except KeyError as error:  # pwd/grp: no such user or group
-        problem = "no user or group {} on this server: is GitLab installed here? (codo_hooks_git_user, codo_hooks_git_group)"
-        json.dump({"errors": [problem.format(error)], "changed": False}, sys.stdout)
-        return 1
+        problem = (
+            "no user or group {} on this server: is GitLab installed here? "
+            "(codo_hooks_git_user, codo_hooks_git_group)".format(error)
+        )
+        return dict(result, errors=[problem]), problem
     except Problem as error:
-        json.dump({"errors": [str(error)], "changed": False}, sys.stdout)
-        return 1
+        return dict(result, errors=[str(error)]), str(error)
     targets, elsewhere = node.targets()
     plans = [(target, Plan(want).add(target)) for target in targets]
     merged = Plan(want)
@@ -717,24 +784,17 @@ def main(argv):
         for t, p in plans
         if node.method == "gitaly" and t.path != SERVER_WIDE and p.changes()
     ]
-    report = dict(merged.as_dict(), errors=[], changed=False, done=[], diffs=config_diffs(merged))
-    report.update(method=node.method, elsewhere=elsewhere, sends=sends)
-    if mode == "apply":
-        if merged.missing_repos or merged.conflicts:
-            report["failed"] = "missing repositories or conflicts: nothing was changed"
-            json.dump(report, sys.stdout)
-            return 1
-        report["changed"] = bool(merged.changes())
-        if not check:
-            try:
-                report["done"] = apply(node, plans)
-            except Refused as error:
-                report.update(failed=str(error), done=error.done, changed=bool(error.done))
-                json.dump(report, sys.stdout)
-                return 1
-    json.dump(report, sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    result.update(merged.as_dict(), elsewhere=elsewhere, sends=sends)
+    if merged.missing_repos or merged.conflicts:
+        return result, failure(merged)
+    result["diff"] = merged.diff()
+    result["changed"] = result["differs"] = bool(merged.changes())
+    if check or not result["changed"]:
+        return result, None
+    try:
+        result["done"] = apply(node, plans)
+    except Refused as error:
+        result.update(done=error.done, changed=bool(error.done))
+        done = "; ".join(error.done) if error.done else "nothing"
+        return result, "{} (done before it stopped: {})".format(error, done)
+    return result, None

@@ -1,16 +1,12 @@
-"""Where GitLab keeps the repositories of projects given by path only.
+"""Where GitLab keeps the repositories of projects given by path only (control node only).
 
-Run by the role on the control node as `python3 -c <this file>` with JSON on stdin:
-{"url": GitLab's URL, "token": an administrator's token, "validate_certs": bool,
-"projects": codo_hooks_projects}. For each project with neither id nor disk_path it asks
-`GET /api/v4/projects/<path>/storage`, a few at a time, and prints {"located": {path: {"disk_path", "repository_storage"}},
-"errors": [one line each]}. The token goes only into the PRIVATE-TOKEN header: it is
-never printed, and stdin keeps it out of argv. Python 3.6+, standard library only.
+For each project with neither id nor disk_path, the action plugin asks
+`GET /api/v4/projects/<path>/storage`, a few at a time. The token goes only into the
+PRIVATE-TOKEN header: it is never returned or printed. Python 3.6+, standard library only.
 """
 
 import json
 import ssl
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -66,24 +62,21 @@ class Lookup:
         return "GitLab answered {} for project {}".format(status, path)
 
 
-def main():
-    asked = json.load(sys.stdin)
-    lookup = Lookup(asked["url"], asked["token"], asked.get("validate_certs", True))
+def locate(url, token, validate_certs, projects):
+    """({path: {"disk_path", "repository_storage"}}, [one line per error])."""
+    lookup = Lookup(url, token, validate_certs)
     paths = [
         project["path"]
-        for project in asked["projects"]
+        for project in projects
         if project.get("id") is None and not project.get("disk_path")
     ]
     located, errors = {}, []
-    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+    if not paths:
+        return located, errors
+    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(paths))) as pool:
         for path, found, error in pool.map(lookup.storage, paths):
             if found:
                 located[path] = found
             elif error not in errors:
                 errors.append(error)
-    json.dump({"located": located, "errors": errors}, sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return located, errors

@@ -1,26 +1,19 @@
-"""Every project's wanted state, worked out once on the control node, and the checks on it.
+"""Every project's wanted state, worked out from the inventory, and the checks on it.
 
-Run by the role (tasks/assert.yml) as `python3 -c <this file>` with JSON on stdin:
-
-  {"projects": codo_hooks_projects, "located": {path: GitLab's storage answer},
-   "method": ..., "cluster": bool, "stages": [...], "codo": {...}, "settings": {...},
-   "defaults": {"submitter", "executor", "details"}, "hook": the hook entry for check-config}
-
-and prints {"projects": [...]}, or exits 1 printing {"errors": [one line each]}. Each project comes out as
-files/sync_hooks.py reads it: its path, its repository relative to its storage (absolute
-for an absolute disk_path; none when only its path is known), its storage, state, stages
-and the codo-release.json it gets. Errors say what to change in the inventory.
-
-Why Python rather than a Jinja template and assert tasks: at a thousand projects the same
-work cost Ansible's templating about 15 s a run; here it costs a fraction of a second,
-and the hook's own check-config runs over every present project in one process.
+The module works the projects out on the node from the role's variables (cheap: a fraction of
+a second for a thousand projects); the action plugin works the same out on the control node to
+run the hook's check-config over them before anything changes. Each project comes out as
+sync.py reads it: its path, its repository relative to its storage (absolute for an absolute
+disk_path; None when only its path is known), its storage, state, stages and the
+codo-release.json it gets. Errors say what to change in the inventory, one line each.
 Python 3.6+, standard library only.
 """
 
-import hashlib
 import json
 import subprocess
-import sys
+import tempfile
+
+from ansible.module_utils.codo_hooks_core.config import combined, hashed
 
 LOCATE = (
     "Give the GitLab project id (hashed storage) or disk_path (Admin area > Projects > the project"
@@ -33,9 +26,10 @@ PRAEFECT = (
 )
 
 
-def hashed(project_id):
-    digest = hashlib.sha256(str(project_id).encode()).hexdigest()
-    return "@hashed/{}/{}/{}.git".format(digest[:2], digest[2:4], digest)
+def given(project, key, default=None):
+    """The project's key, or the default when it is left out (None after argument validation)."""
+    value = project.get(key)
+    return default if value is None else value
 
 
 def repository(project, found, cluster):
@@ -58,24 +52,24 @@ def project_config(project, want):
         "git_url": project.get("git_url"),
         "app_name": project.get("app_name"),
         "task_name": project.get("task_name"),
-        "submitter": project.get("submitter", defaults["submitter"]),
-        "executor": project.get("executor", defaults["executor"]),
-        "details": project.get("details", defaults["details"]),
+        "submitter": given(project, "submitter", defaults["submitter"]),
+        "executor": given(project, "executor", defaults["executor"]),
+        "details": given(project, "details", defaults["details"]),
         "rules": project.get("rules"),
     }
     return {key: value for key, value in entry.items() if value is not None}
 
 
 def desired(project, want):
-    found = want["located"].get(project["path"], {})
+    found = want["located"].get(project["path"]) or {}
     config = dict({"codo": want["codo"]}, **want["settings"])
     config["projects"] = {project["path"]: project_config(project, want)}
     return {
         "path": project["path"],
         "repo": repository(project, found, want["cluster"]),
         "storage": project.get("storage") or found.get("repository_storage") or None,
-        "state": project.get("state") or "present",
-        "stages": project.get("stages") or want["stages"],
+        "state": given(project, "state", "present"),
+        "stages": project.get("stages") or list(want["stages"]),
         "config": config,
     }
 
@@ -150,38 +144,39 @@ def placement_errors(want, states):
     return errors
 
 
-def check_config_errors(want, states):
-    """The hook's own check-config over every present project, in one run."""
-    present = [s for s in states if s["state"] == "present"]
-    if not present:
-        return []
-    combined = dict(present[0]["config"], projects={})
-    for state in present:
-        combined["projects"].update(state["config"]["projects"])
-    check = subprocess.run(
-        [sys.executable, want["hook"], "check-config", "/dev/stdin"],
-        input=json.dumps(combined),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        universal_newlines=True,
-    )
-    if check.returncode == 0:
-        return []
-    return ["codo_hooks_projects do not make a valid hook config:"] + check.stdout.splitlines()
+def work_out(want):
+    """(every project's wanted state, the errors that stop the run: one line each).
 
-
-def main():
-    want = json.load(sys.stdin)
+    want: {"projects": codo_hooks_projects, "located": {path: GitLab's storage answer},
+    "method", "cluster", "stages", "defaults": {"submitter", "executor", "details"},
+    "codo": the config's codo section, "settings": its other top-level keys}.
+    """
     errors = input_errors(want)
     states = [desired(project, want) for project in want["projects"]]
     if not errors:
-        errors = placement_errors(want, states) or check_config_errors(want, states)
-    if errors:
-        json.dump({"errors": errors}, sys.stdout)
-        return 1
-    json.dump({"projects": states}, sys.stdout)
-    return 0
+        errors = placement_errors(want, states)
+    return states, errors
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def present_config(states):
+    """One config holding every present project, for the hook's check-config, or None."""
+    return combined([s["config"] for s in states if s["state"] == "present"])
+
+
+def check_config_errors(python, hook, states):
+    """The hook's own check-config over every present project's config, in one run."""
+    config = present_config(states)
+    if config is None:
+        return []
+    with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as handle:
+        handle.write(json.dumps(config))
+        handle.flush()
+        check = subprocess.run(
+            [python, hook, "check-config", handle.name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
+    if check.returncode == 0:
+        return []
+    return ["codo_hooks_projects do not make a valid hook config:"] + check.stdout.splitlines()

@@ -1,0 +1,82 @@
+# -*- coding: utf-8 -*-
+"""The control node's part of codo_hooks_projects (documented in library/codo_hooks_projects.py).
+
+Before the module runs on the node, with the same arguments:
+  1. refuses project paths outside GitLab's path rules (one line);
+  2. works every project's state out and runs the hook's own check-config (the role's
+     files/codo_release_hook.py) over every present project's config, in one process;
+then runs the module, which works the same state out with the same code, and returns its result.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import sys
+
+import ansible.module_utils
+from ansible.plugins.action import ActionBase
+
+# The role's module_utils/ on the controller: the same code the module runs on the node.
+_ROLE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MODULE_UTILS = os.path.join(_ROLE, "module_utils")
+# The hook's entry as the role installs it: its check-config judges the configs.
+HOOK = os.path.join(_ROLE, "files", "codo_release_hook.py")
+if _MODULE_UTILS not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MODULE_UTILS)
+
+from ansible.module_utils.codo_hooks_core import config, desired  # noqa: E402
+
+MODULE = "codo_hooks_projects"
+DEFAULTS = {
+    "located": {},
+    "method": "files",
+    "cluster": False,
+    "stages": ["pre-receive", "post-receive"],
+    "submitter": "githook",
+    "executor": "githook",
+    "details": "git hook auto exec",
+    "settings": {},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        del tmp
+        args = dict(self._task.args)
+        projects = args.get("projects")
+        if not isinstance(projects, list) or not all(isinstance(p, dict) for p in projects):
+            return dict(result, failed=True, msg="projects must be a list of dicts (codo_hooks_projects)")
+        refused = config.path_errors(projects)
+        if refused:
+            return dict(result, failed=True, msg=refused)
+        args.setdefault("located", {})
+        errors = self.check_config(dict(DEFAULTS, **args))
+        if errors:
+            return dict(result, failed=True, msg=" ".join(errors), errors=errors)
+        result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
+        return result
+
+    def check_config(self, args):
+        """The inventory's mistakes, and the hook's check-config over every present project."""
+        want = {
+            "projects": [dict(p) for p in args["projects"]],
+            "located": args["located"] or {},
+            "method": args["method"],
+            "cluster": args["cluster"],
+            "stages": args["stages"],
+            "defaults": {key: args[key] for key in ("submitter", "executor", "details")},
+            "codo": args.get("codo") or {},
+            "settings": args["settings"],
+        }
+        try:
+            states, errors = desired.work_out(want)
+        except (KeyError, TypeError, AttributeError) as error:
+            return ["codo_hooks_projects: a project is not what the role expects ({})".format(error)]
+        if errors:
+            return errors
+        return desired.check_config_errors(sys.executable, HOOK, states)

@@ -1,0 +1,390 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+"""The codo_hooks role's core: every project's hook links and config in one call."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: codo_hooks_projects
+short_description: Link the CODO release hook into many GitLab projects and write their configs, in one call
+description:
+  - Brings every listed project's C(custom_hooks) (or Gitaly's server-wide C(custom_hooks_dir)) to
+    what the inventory wants, in one call however many projects. It writes the C(<stage>.d/codo-release)
+    links to the installed hook, each project's C(codo-release.json) and, with the C(global)
+    method, one config holding every project and an index of their paths.
+  - Touches only what it owns. A link is removed only when it points at the installed hook, a
+    directory only when empty. A project whose C(custom_hooks) is a symbolic link, or whose
+    C(<stage>.d) is not a directory, or whose own file stands where a link or config goes, is a
+    conflict, named in the failure; nothing is changed then.
+  - With I(method=gitaly) each differing project's complete hook set, ours changed, is sent with
+    C(gitaly hooks set) as the git user (the archive is checked to be rooted at C(custom_hooks/),
+    and what Gitaly left is compared with what was sent). A project that already matches is not sent.
+  - Runs with an action plugin of the same name, which on the control node runs the hook's
+    C(check-config) over every present project's config before anything changes.
+    C(codo_hooks_gitlab_storage) finds the projects given by path only (I(located)).
+  - Project paths with control characters or outside GitLab's path rules are refused with one line.
+version_added: "1.0.0"
+author:
+  - codo-hooks maintainers
+options:
+  projects:
+    description:
+      - The projects, as C(codo_hooks_projects) gives them (the role's C(meta/argument_specs.yml)
+        describes every key).
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      path:
+        description: Project path with namespace, as GitLab shows it (C(GL_PROJECT_PATH)).
+        type: str
+        required: true
+      id:
+        description: GitLab project id; the repository is then its C(@hashed) path.
+        type: int
+      disk_path:
+        description: Repository directory relative to the storage (absolute with C(files) only). Wins over I(id).
+        type: str
+      storage:
+        description: Gitaly storage of the repository; defaults to I(gitaly_storage).
+        type: str
+      replica_path:
+        description: The repository's replica path in Gitaly Cluster, used when I(cluster=true).
+        type: str
+      state:
+        description: C(absent) removes the hook's links and config from the project and keeps its own hooks.
+        type: str
+        choices: [present, absent]
+        default: present
+      stages:
+        description: Stages for this project; defaults to I(stages).
+        type: list
+        elements: str
+        choices: [pre-receive, update, post-receive]
+      git_url:
+        description: Clone URL the platform's template uses.
+        type: str
+      app_name:
+        description: Application name.
+        type: str
+      task_name:
+        description: Task name on the platform.
+        type: str
+      submitter:
+        description: Submitter; defaults to I(submitter).
+        type: str
+      executor:
+        description: Executor; defaults to I(executor).
+        type: str
+      details:
+        description: Task details; defaults to I(details).
+        type: str
+      rules:
+        description: Tag rules, first match wins (checked by the hook's C(check-config)).
+        type: list
+        elements: dict
+  method:
+    description: C(files) writes each project's custom_hooks, C(gitaly) sends them with C(gitaly hooks set), C(global) uses Gitaly's custom_hooks_dir.
+    type: str
+    choices: [files, gitaly, global]
+    default: files
+  stages:
+    description: Stages linked in every project that names none.
+    type: list
+    elements: str
+    choices: [pre-receive, update, post-receive]
+    default: [pre-receive, post-receive]
+  hook:
+    description: The installed hook entry the links point at.
+    type: path
+    required: true
+  codo:
+    description: The C(codo) section of every C(codo-release.json) (platform URL, API, key file, timeouts).
+    type: dict
+    required: true
+  settings:
+    description: The other top-level keys of every C(codo-release.json) (C(state_dir), C(on_failure), C(tag_name_pattern)).
+    type: dict
+    default: {}
+  submitter:
+    description: Submitter of projects that set none.
+    type: str
+    default: githook
+  executor:
+    description: Executor of projects that set none.
+    type: str
+    default: githook
+  details:
+    description: Task details of projects that set none.
+    type: str
+    default: git hook auto exec
+  cluster:
+    description: The node is in a Gitaly Cluster; projects are found by their I(replica_path).
+    type: bool
+    default: false
+  repositories_root:
+    description: The storage directory, for the C(files) method.
+    type: path
+    default: /var/opt/gitlab/git-data/repositories
+  global_dir:
+    description: The C(global) method's directory; empty uses Gitaly's C(custom_hooks_dir).
+    type: str
+    default: ""
+  gitaly_command:
+    description: The gitaly command, run as I(git_user) for C(hooks set).
+    type: path
+    default: /opt/gitlab/embedded/bin/gitaly
+  gitaly_config:
+    description: Gitaly's config.toml; its storages and C(custom_hooks_dir) are read from it.
+    type: path
+    default: /var/opt/gitlab/gitaly/config.toml
+  gitaly_storage:
+    description: Storage of projects that name none.
+    type: str
+    default: default
+  git_user:
+    description: User Gitaly runs hooks as.
+    type: str
+    default: git
+  git_group:
+    description: Group of I(git_user).
+    type: str
+    default: git
+  located:
+    description:
+      - Where GitLab's API says the projects given by path only are, by path
+        (C(disk_path), C(repository_storage)), as C(codo_hooks_gitlab_storage) returns them.
+    type: dict
+    default: {}
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+notes:
+  - Check mode fails, as a real run would, on a missing repository or a conflict, and otherwise says
+    what would change; nothing is written and nothing is sent.
+  - Python 3.6+ on the node, standard library only.
+"""
+
+EXAMPLES = r"""
+- name: Link the hook into every project
+  codo_hooks_projects:
+    projects:
+      - path: ops/dbtt
+        id: 1
+        git_url: git@gitlab.example.com:ops/dbtt.git
+        app_name: DBTT
+        rules:
+          - {tag: '\Arelease-dbtt[\w]*', template_id: 32, schedule: new, hosts: {"1": [118.25.0.10]}}
+      - path: ops/old-project
+        disk_path: ops/old-project
+        state: absent
+    hook: /opt/codo-hooks/codo_release_hook.py
+    codo:
+      url: https://codo.example.com
+      api: task_accept
+      auth_key_file: /etc/codo-hooks/auth_key
+    settings:
+      state_dir: /var/opt/codo-hooks
+      on_failure: spool
+
+- name: Send the hooks with gitaly hooks set, projects given by path only located by GitLab's API
+  codo_hooks_projects:
+    projects: "{{ codo_hooks_projects }}"
+    method: gitaly
+    hook: /opt/codo-hooks/codo_release_hook.py
+    codo: {url: https://codo.example.com, api: task_accept, auth_key_file: /etc/codo-hooks/auth_key}
+    located: "{{ located.located }}"   # from codo_hooks_gitlab_storage
+"""
+
+RETURN = r"""
+changed:
+  description: Whether anything was (or in check mode would be) changed.
+  returned: always
+  type: bool
+differs:
+  description: Something differs from what is wanted (what C(changed) says, kept when a task overrides C(changed)).
+  returned: always
+  type: bool
+done:
+  description: What was done, one line each (empty in check mode). On failure, what was done before it stopped.
+  returned: always
+  type: list
+  elements: str
+  sample: ["created /var/opt/gitlab/git-data/repositories/@hashed/6b/86/6b86b273.git/custom_hooks"]
+dirs:
+  description: Directories created or whose owner or mode is fixed.
+  returned: success or a missing repository or conflict
+  type: list
+  elements: str
+links:
+  description: The C(<stage>.d/codo-release) links made or fixed.
+  returned: success or a missing repository or conflict
+  type: list
+  elements: str
+configs:
+  description: The configs (and the global method's index) written, by project.
+  returned: success or a missing repository or conflict
+  type: list
+  elements: dict
+  sample: [{"path": "ops/dbtt", "dest": "/var/opt/gitlab/git-data/repositories/@hashed/6b/86/6b86b273.git/custom_hooks/codo-release.json"}]
+remove_files:
+  description: Our links and configs removed.
+  returned: success or a missing repository or conflict
+  type: list
+  elements: str
+remove_dirs:
+  description: Our directories removed once empty.
+  returned: success or a missing repository or conflict
+  type: list
+  elements: str
+sends:
+  description: Projects whose hook set is (or would be) sent with C(gitaly hooks set).
+  returned: always
+  type: list
+  elements: str
+elsewhere:
+  description: Projects in a storage this node's Gitaly does not have, left to the node that has it.
+  returned: always
+  type: list
+  elements: str
+missing_repos:
+  description: Present projects whose repository directory is not on the node (the run fails).
+  returned: success or a missing repository or conflict
+  type: list
+  elements: dict
+  sample: [{"path": "ops/gone", "repo": "/var/opt/gitlab/git-data/repositories/@hashed/19/58/1958.git"}]
+conflicts:
+  description: Things the role did not make standing where it would write or clean (the run fails).
+  returned: success or a missing repository or conflict
+  type: list
+  elements: dict
+  sample: [{"path": "ops/web", "file": "/srv/x.git/custom_hooks", "is": "link", "want": "directory"}]
+errors:
+  description: Why nothing could be done on this node (no git user, Gitaly's config unreadable, no custom_hooks_dir).
+  returned: on such a failure
+  type: list
+  elements: str
+method:
+  description: The install method.
+  returned: always
+  type: str
+diff:
+  description: With C(--diff), one before/after entry per config written and per link or directory added, fixed or removed.
+  returned: success, in diff mode
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402 (after the docs, as Ansible modules are)
+from ansible.module_utils.codo_hooks_core import config, desired, sync  # noqa: E402
+
+STAGES = ["pre-receive", "update", "post-receive"]
+
+PROJECT = dict(
+    path=dict(type="str", required=True),
+    id=dict(type="int"),
+    disk_path=dict(type="str"),
+    storage=dict(type="str"),
+    replica_path=dict(type="str"),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    stages=dict(type="list", elements="str", choices=STAGES),
+    git_url=dict(type="str"),
+    app_name=dict(type="str"),
+    task_name=dict(type="str"),
+    submitter=dict(type="str"),
+    executor=dict(type="str"),
+    details=dict(type="str"),
+    rules=dict(type="list", elements="dict"),
+)
+
+ARGUMENT_SPEC = dict(
+    projects=dict(type="list", elements="dict", required=True, options=PROJECT),
+    method=dict(type="str", choices=["files", "gitaly", "global"], default="files"),
+    stages=dict(type="list", elements="str", choices=STAGES, default=["pre-receive", "post-receive"]),
+    hook=dict(type="path", required=True),
+    codo=dict(type="dict", required=True),
+    settings=dict(type="dict", default={}),
+    submitter=dict(type="str", default="githook"),
+    executor=dict(type="str", default="githook"),
+    details=dict(type="str", default="git hook auto exec"),
+    cluster=dict(type="bool", default=False),
+    repositories_root=dict(type="path", default="/var/opt/gitlab/git-data/repositories"),
+    global_dir=dict(type="str", default=""),
+    gitaly_command=dict(type="path", default="/opt/gitlab/embedded/bin/gitaly"),
+    gitaly_config=dict(type="path", default="/var/opt/gitlab/gitaly/config.toml"),
+    gitaly_storage=dict(type="str", default="default"),
+    git_user=dict(type="str", default="git"),
+    git_group=dict(type="str", default="git"),
+    located=dict(type="dict", default={}),
+)
+
+
+def wanted_state(params):
+    """What desired.work_out works every project's state out from."""
+    return {
+        "projects": params["projects"],
+        "located": params["located"] or {},
+        "method": params["method"],
+        "cluster": params["cluster"],
+        "stages": params["stages"],
+        "defaults": {key: params[key] for key in ("submitter", "executor", "details")},
+        "codo": params["codo"],
+        "settings": params["settings"] or {},
+    }
+
+
+def node_want(params, states):
+    """What sync.run compares the node with."""
+    root = params["repositories_root"]
+    return {
+        "hook": params["hook"],
+        "link_name": config.LINK_NAME,
+        "config_name": config.CONFIG_NAME,
+        "index_name": config.INDEX_NAME,
+        "method": params["method"],
+        "stages": params["stages"],
+        "repositories_root": root.rstrip("/") or "/",
+        "global_dir": params["global_dir"],
+        "gitaly": {
+            "command": params["gitaly_command"],
+            "config": params["gitaly_config"],
+            "storage": params["gitaly_storage"],
+        },
+        "all_stages": list(config.ALL_STAGES),
+        "git_user": params["git_user"],
+        "git_group": params["git_group"],
+        "dir_mode": "0750",
+        "file_owner": "root",
+        "file_group": params["git_group"],
+        "config_mode": "0640",
+        "projects": states,
+    }
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = module.params
+    refused = config.path_errors(params["projects"])
+    if refused:
+        module.fail_json(msg=refused)
+    states, errors = desired.work_out(wanted_state(params))
+    if errors:
+        module.fail_json(msg=" ".join(errors), errors=errors)
+    result, failed = sync.run(node_want(params, states), module.check_mode)
+    if not module._diff:
+        result.pop("diff", None)
+    # The arguments echoed back with the projects counted, not copied: a thousand projects' rules
+    # would otherwise travel back to the controller on every run.
+    result["invocation"] = {"module_args": dict(params, projects="({} projects)".format(len(states)))}
+    if failed:
+        module.fail_json(msg=failed, **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The codo_hooks role's shared module code (roles/codo_hooks/module_utils/codo_hooks_core/config.py):
+GitLab's path rules, the hashed storage path, one config holding several projects."""
+
+import pytest
+from ansible_module import role_module_utils
+
+role_module_utils()
+from ansible.module_utils.codo_hooks_core import config
+
+
+@pytest.mark.parametrize("path", ["ops/dbtt", "group/sub/my.project_1", "a/b-c", "_x/.y"])
+def test_paths_gitlab_allows_pass(path):
+    assert config.bad_path(path) is None
+
+
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("dbtt", "namespace"),
+        ("ops/-x", "not start with '-'"),
+        ("ops/x.git", ".git"),
+        ("ops/x.atom", ".atom"),
+        ("ops/../x", "letters"),
+        ("ops//x", "letters"),
+        ("ops/x y", "letters"),
+        ("ops/x\n", "control character"),
+        ("ops/\x7fx", "control character"),
+        ("", "empty"),
+    ],
+)
+def test_paths_outside_gitlabs_rules_say_why(path, why):
+    assert why in config.bad_path(path)
+
+
+def test_path_errors_name_every_refused_project_in_one_line():
+    line = config.path_errors(
+        [{"path": "ops/ok"}, {"path": "bad"}, {"path": "ops/x", "disk_path": "a\tb"}]
+    )
+    assert "\n" not in line and '"bad"' in line and "ops/x disk_path" in line
+    assert "ops/ok" not in line
+    assert config.path_errors([{"path": "ops/ok", "storage": "default"}]) is None
+
+
+def test_hashed_is_gitlabs_hashed_storage_path():
+    assert config.hashed(1) == (
+        "@hashed/6b/86/6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b.git"
+    )
+
+
+def test_combined_keeps_the_first_settings_and_every_project():
+    first = {"codo": {"url": "a"}, "state_dir": "/s", "projects": {"ops/a": {"x": 1}}}
+    second = {"codo": {"url": "b"}, "state_dir": "/t", "projects": {"ops/b": {"x": 2}}}
+    merged = config.combined([first, second])
+    assert merged["codo"] == {"url": "a"} and merged["state_dir"] == "/s"
+    assert merged["projects"] == {"ops/a": {"x": 1}, "ops/b": {"x": 2}}
+    assert first["projects"] == {"ops/a": {"x": 1}}  # the inputs are left as they were
+    assert config.combined([]) is None
