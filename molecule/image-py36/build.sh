@@ -30,16 +30,17 @@ if [ "${FORCE:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
 fi
 command -v mmdebstrap >/dev/null || { echo "build.sh: mmdebstrap is not installed" >&2; exit 1; }
 
-mirrors=()
-host_codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
-if [ "$host_codename" = "$suite" ]; then
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/debian.sources; do
-        if [ -s "$f" ] && grep -Eq '^[[:space:]]*[^#[:space:]]' "$f"; then mirrors+=("$f"); fi
-    done
-fi
-
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/codo-image-py36.XXXXXX")
 trap 'rm -rf "$workdir"' EXIT
+# This machine's own Debian sources, with its release's name turned into $suite.
+mirrors=()
+host_codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/debian.sources; do
+    if [ -n "$host_codename" ] && [ -s "$f" ] && grep -Eq '^[[:space:]]*[^#[:space:]]' "$f"; then
+        sed "s/\b$host_codename\b/$suite/g" "$f" >"$workdir/${f##*/}"
+        mirrors+=("$workdir/${f##*/}")
+    fi
+done
 start=$(date +%s)
 echo "building $image with mmdebstrap ($suite, minbase, Python 3.6 from $python36) ..."
 # requests 2.14.2 vendors its own urllib3, chardet and idna: one pure-Python wheel.
