@@ -22,17 +22,21 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from fakes.fake_codo import FakeCodo
+from fakes.fake_codo import FakeCodo, make_auth_key
 
 PYTHON = sys.executable
 SEED = os.path.join(ROOT, "tests", "seed", "new_hook_for_update.py")
 ZERO, SHA = "0" * 40, "a" * 40
-KEY = "bench-key-not-a-secret"
+KEY = make_auth_key()
 
 
 def config(url, state_dir):
     return {
-        "codo": {"url": url, "auth_key_file": os.path.join(state_dir, "key"), "task_link": url + "/#/task/{list_id}"},
+        "codo": {
+            "url": url,
+            "auth_key_file": os.path.join(state_dir, "key"),
+            "task_link": url + "/#/task/{list_id}",
+        },
         "state_dir": state_dir,
         "projects": {
             "ops/dbtt": {
@@ -40,7 +44,11 @@ def config(url, state_dir):
                 "app_name": "DBTT",
                 "rules": [
                     {"tag": r"\Aqa-dbtt[\w]*", "template_id": 32, "hosts": {"1": ["127.0.0.1"]}},
-                    {"tag": r"\Arelease-dbtt[\w]*", "template_id": 32, "hosts": {"1": ["127.0.0.1"]}},
+                    {
+                        "tag": r"\Arelease-dbtt[\w]*",
+                        "template_id": 32,
+                        "hosts": {"1": ["127.0.0.1"]},
+                    },
                 ],
             }
         },
@@ -58,7 +66,14 @@ def install(directory):
 
 def timed(command, stdin=b"", env=None):
     started = time.perf_counter()
-    subprocess.run(command, input=stdin, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(
+        command,
+        input=stdin,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
     return time.perf_counter() - started
 
 
@@ -69,7 +84,9 @@ def measured_once(command, stdin, env):
         "subprocess.run(sys.argv[1:], input=sys.stdin.buffer.read(), stdout=subprocess.DEVNULL); "
         "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    out = subprocess.run([PYTHON, "-c", probe] + command, input=stdin, env=env, stdout=subprocess.PIPE, check=True)
+    out = subprocess.run(
+        [PYTHON, "-c", probe] + command, input=stdin, env=env, stdout=subprocess.PIPE, check=True
+    )
     wall, peak = out.stdout.split()
     return float(wall), int(peak)
 
@@ -88,14 +105,18 @@ def side_by_side(case, baseline, runs):
 def report(name, ours, bare, target):
     ratio = ours / bare
     verdict = (
-        "" if target is None else ("  target <= {:.1f}x: {}".format(target, "met" if ratio <= target else "MISSED"))
+        ""
+        if target is None
+        else ("  target <= {:.1f}x: {}".format(target, "met" if ratio <= target else "MISSED"))
     )
     print(f"{name:<58} {ours * 1e3:6.1f} ms vs {bare * 1e3:6.1f} ms = {ratio:4.2f}x{verdict}")
     return target is None or ratio <= target
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=60)
     runs = parser.parse_args().runs
     bare = [PYTHON, "-c", "pass"]
@@ -103,31 +124,48 @@ def main():
         entry = install(os.path.join(state_dir, "opt"))
         with open(os.path.join(state_dir, "key"), "w") as handle:
             handle.write(KEY)
+        os.chmod(os.path.join(state_dir, "key"), 0o600)
         config_path = os.path.join(state_dir, "codo-release.json")
         with open(config_path, "w") as handle:
             json.dump(config(fake.url, state_dir), handle)
-        env = dict(os.environ, CODO_HOOK_CONFIG=config_path, GL_PROJECT_PATH="ops/dbtt", GL_USERNAME="bench")
+        env = dict(
+            os.environ,
+            CODO_HOOK_CONFIG=config_path,
+            GL_PROJECT_PATH="ops/dbtt",
+            GL_USERNAME="bench",
+        )
         update_env = dict(env, CODO_HOOK_STAGE="update")
         post_env = dict(env, CODO_HOOK_STAGE="post-receive")
         branch = ["refs/heads/main", SHA, SHA]
         refs = "".join(
-            f"{ZERO} {SHA} refs/tags/v1.{n}\n{SHA} {SHA} refs/heads/feature-{n}\n" for n in range(500)
+            f"{ZERO} {SHA} refs/tags/v1.{n}\n{SHA} {SHA} refs/heads/feature-{n}\n"
+            for n in range(500)
         ).encode()
 
         met = [
             report(
                 "update stage, one branch ref, vs python3 -c pass",
-                *side_by_side(lambda: timed([PYTHON, entry] + branch, env=update_env), lambda: timed(bare), runs),
+                *side_by_side(
+                    lambda: timed([PYTHON, entry] + branch, env=update_env),
+                    lambda: timed(bare),
+                    runs,
+                ),
                 target=1.3,
             ),
             report(
                 "the seed hook, same branch ref, vs python3 -c pass",
-                *side_by_side(lambda: timed([PYTHON, SEED] + branch), lambda: timed(bare), max(runs // 3, 10)),
+                *side_by_side(
+                    lambda: timed([PYTHON, SEED] + branch), lambda: timed(bare), max(runs // 3, 10)
+                ),
                 target=None,
             ),
             report(
                 "post-receive, 1,000 refs (500 non-release tags), vs bare",
-                *side_by_side(lambda: timed([PYTHON, entry], stdin=refs, env=post_env), lambda: timed(bare), runs),
+                *side_by_side(
+                    lambda: timed([PYTHON, entry], stdin=refs, env=post_env),
+                    lambda: timed(bare),
+                    runs,
+                ),
                 target=2.0,
             ),
         ]

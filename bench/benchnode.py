@@ -123,7 +123,7 @@ def write_inventory(directory, container, project_ids, group_vars):
     ]
     all_vars = {
         "codo_hooks_codo_url": "http://127.0.0.1:18099",
-        "codo_hooks_auth_key": "bench-key-not-a-secret",
+        "codo_hooks_auth_key": "eyJ0eXAiOiJKV1QifQ.eyJkYXRhIjp7InVzZXJfaWQiOjF9fQ.bench-key-not-a-secret",
         "codo_hooks_projects": projects,
     }
     all_vars.update(group_vars)

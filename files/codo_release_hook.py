@@ -15,6 +15,10 @@ import os
 import sys
 
 HOOK_STAGES = ("pre-receive", "update", "post-receive")
+HEX_DIGITS = b"0123456789abcdef"
+NOT_IN_REF_NAMES = (
+    bytes(range(0x21)) + b"\x7f"
+)  # controls and the space: git refuses them in ref names
 
 
 def invoked_stage(argv0):
@@ -28,14 +32,56 @@ def invoked_stage(argv0):
     return None
 
 
-def tag_updates(stage, argv):
-    """`old new ref` triples of tags created or moved; branches and deletions never count."""
+def read_updates(stage, argv):
+    """(tag updates, malformed records): git's records read exactly as git writes them.
+
+    A record is `<old> SP <new> SP <ref> LF` in bytes (update: argv refname old new). Only LF ends a
+    record and only the first two ASCII spaces split it: Unicode line and space separators are part
+    of a ref name, never a boundary. Tag updates are (old, new, ref) of tags created or moved;
+    branches and deletions never count. A push that names no tag at all is dismissed unread.
+    """
     if stage == "update":
-        lines = [" ".join(argv[2:4] + argv[1:2])]
+        if len(argv) != 4:
+            return [], ["update got {} arguments, not refname oldrev newrev".format(len(argv) - 1)]
+        records = [b" ".join(os.fsencode(arg) for arg in (argv[2], argv[3], argv[1]))]
     else:
-        lines = sys.stdin.buffer.read().decode("utf-8", "surrogateescape").splitlines()
-    updates = (line.split() for line in lines if "refs/tags/" in line)
-    return [u for u in updates if len(u) == 3 and u[2].startswith("refs/tags/") and u[1].strip("0")]
+        data = sys.stdin.buffer.read()
+        if b"refs/tags/" not in data:
+            return [], []
+        records = data.split(b"\n")
+        if records.pop():
+            return [], ["the last record does not end with a line feed"]
+    updates, malformed, id_length = [], [], None
+    for number, record in enumerate(records, 1):
+        fields = record.split(b" ", 2)
+        id_length = id_length or len(fields[0])
+        if not well_formed(fields, id_length):
+            malformed.append(
+                "record {} is not `<old> <new> <ref>` with {}-digit ids".format(number, id_length)
+            )
+        elif fields[2].startswith(b"refs/tags/") and fields[1].strip(b"0"):
+            updates.append(
+                (
+                    fields[0].decode(),
+                    fields[1].decode(),
+                    fields[2].decode("utf-8", "surrogateescape"),
+                )
+            )
+    return updates, malformed
+
+
+def well_formed(fields, id_length):
+    """Two lowercase hex ids of the push's one hash length (SHA-1 40, SHA-256 64) and a ref name."""
+    if len(fields) != 3 or id_length not in (40, 64):
+        return False
+    old, new, ref = fields
+    return (
+        len(old) == len(new) == id_length
+        and not old.translate(None, HEX_DIGITS)
+        and not new.translate(None, HEX_DIGITS)
+        and ref.startswith(b"refs/")
+        and len(ref.translate(None, NOT_IN_REF_NAMES)) == len(ref)
+    )
 
 
 def config_path(argv0):
@@ -57,7 +103,7 @@ def served_otherwise(config, stage):
     except OSError:
         return False
     project = os.environ.get("GL_PROJECT_PATH")
-    if project and project.encode() not in listed:
+    if project and os.fsencode(project) not in listed:
         return True
     own_dir = os.path.abspath("custom_hooks")  # Gitaly runs hooks in the repository directory
     if os.path.dirname(os.path.abspath(config)) == own_dir:
@@ -69,16 +115,27 @@ def served_otherwise(config, stage):
 def main():
     stage = os.environ.get("CODO_HOOK_STAGE") or invoked_stage(sys.argv[0])
     config = config_path(sys.argv[0])
-    updates = None
+    updates = malformed = None
     if stage in HOOK_STAGES:
-        updates = tag_updates(stage, sys.argv)
-        if not updates or served_otherwise(config, stage):
+        updates, malformed = read_updates(stage, sys.argv)
+        if not (updates or malformed) or served_otherwise(config, stage):
             return 0
     sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
     import codo_release
 
-    return codo_release.main(stage, updates, sys.argv, config)
+    return codo_release.main(stage, updates, sys.argv, config, malformed)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (
+        Exception
+    ) as error:  # codo_release has its own catch-all: this is the entry or the import failing
+        stage = os.environ.get("CODO_HOOK_STAGE") or invoked_stage(sys.argv[0])
+        sys.stdout.write(
+            "codo: the release hook itself failed ({}); tell the GitLab admin.{}\n".format(
+                type(error).__name__, " Push refused." if stage in ("pre-receive", "update") else ""
+            )
+        )
+        sys.exit(0 if stage == "post-receive" else 1)

@@ -77,7 +77,7 @@ trap finish EXIT
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/codo-demo.XXXXXX")
 
 step "The platform's key, in an Ansible Vault file (as inventory.example/ says)"
-"$VENV_BIN/python" -c 'import secrets; print("demo-" + secrets.token_urlsafe(24), end="")' >"$workdir/auth_key"
+"$VENV_BIN/python" -c 'import sys; sys.path.insert(0, sys.argv[1]); from fakes.fake_codo import make_auth_key; print(make_auth_key(), end="")' "$ROOT/tests" >"$workdir/auth_key"
 "$VENV_BIN/python" -c 'import secrets; print(secrets.token_urlsafe(16))' >"$workdir/vault-pass"
 mkdir -p "$workdir/inventory/group_vars/gitlab"
 printf 'vault_codo_hooks_auth_key: "%s"\n' "$(cat "$workdir/auth_key")" >"$workdir/inventory/group_vars/gitlab/vault.yml"

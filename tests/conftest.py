@@ -2,7 +2,6 @@
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from fakes.fake_codo import FakeCodo
+from fakes.fake_codo import FakeCodo, make_auth_key
 
 FILES = os.path.join(ROOT, "files")
 RUNNER = os.path.join(ROOT, "tests", "fakes", "gitaly_runner.py")
@@ -22,8 +21,8 @@ GIT_URL = "git@gitlab.example.com:ops/dbtt.git"
 # The interpreter of the installed hook: ./dev test runs the hook_program tests once per line of
 # tests/hook-matrix.txt with CODO_HOOK_PYTHON set to that Python (and its requests).
 HOOK_PYTHON = os.environ.get("CODO_HOOK_PYTHON") or sys.executable
-# A key no output, log or file may ever show.
-AUTH_KEY = "eyJ0eXAi.codo-test-secret-" + secrets.token_hex(8)
+# A key no output, log or file may ever show: a JWT like the admin service mints, its signature random.
+AUTH_KEY = make_auth_key()
 
 
 def base_config(url, state_dir, key_file):
@@ -47,7 +46,12 @@ def base_config(url, state_dir, key_file):
                 "app_name": "DBTT",
                 "task_name": "DBTT",
                 "rules": [
-                    {"tag": r"\Aqa-dbtt[\w]*", "template_id": 32, "schedule": "ready", "hosts": {"1": ["118.25.0.10"]}},
+                    {
+                        "tag": r"\Aqa-dbtt[\w]*",
+                        "template_id": 32,
+                        "schedule": "ready",
+                        "hosts": {"1": ["118.25.0.10"]},
+                    },
                     {
                         "tag": r"\Arelease-dbtt[\w]*",
                         "template_id": 32,
@@ -76,47 +80,83 @@ def install_program(directory):
 
 def git(*args, cwd=None, env=None, check=True):
     return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["git", *args],
+        cwd=cwd,
+        env=env,
+        check=check,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+
+
+REPO = os.path.join("repositories", "@hashed", "6b", "86", "project-1.git")
+
+
+def build_site_tree(root):
+    """What every test starts from, built once a session: the installed program, a bare repository
+    whose hooks run as Gitaly runs them (custom_hooks empty), and a clone with one commit pushed."""
+    root = str(root)
+    install_program(os.path.join(root, "opt", "codo-hooks"))
+    repo = os.path.join(root, REPO)
+    git("init", "--bare", "-q", repo)
+    subprocess.run(
+        [sys.executable, RUNNER, "install", repo, "--project-path", PROJECT, "--project-id", "1"],
+        check=True,
+    )
+    os.makedirs(os.path.join(repo, "custom_hooks"))
+    clone = os.path.join(root, "clone")
+    git("clone", "-q", repo, clone)
+    identity = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+    git(*identity, "commit", "-q", "--allow-empty", "-m", "one", cwd=clone)
+    git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=clone)
+    return root
+
+
+def copy_site_tree(template, root):
+    """A copy of the template for one test: the few files naming the template's path name the copy's."""
+    shutil.copytree(template, root, symlinks=True, dirs_exist_ok=True)
+    repo = os.path.join(root, REPO)
+    for path in [
+        os.path.join(repo, "hooks", stage) for stage in ("pre-receive", "update", "post-receive")
+    ] + [os.path.join(root, "clone", ".git", "config")]:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text.replace(template, root))
 
 
 class Site:
     """One GitLab-like project: bare repo with custom_hooks, a clone, the platform's config and state."""
 
-    def __init__(self, tmp_path, fake):
+    def __init__(self, tmp_path, fake, template=None):
         self.tmp = tmp_path
         self.fake = fake
-        self.entry = install_program(str(tmp_path / "opt" / "codo-hooks"))
+        if template is None:
+            template = build_site_tree(tmp_path / "template")
+        copy_site_tree(str(template), str(tmp_path))
+        self.entry = os.path.join(str(tmp_path), "opt", "codo-hooks", "codo_release_hook.py")
         self.state_dir = str(tmp_path / "state")
         self.key_file = str(tmp_path / "auth_key")
         with open(self.key_file, "w", encoding="utf-8") as handle:
             handle.write(AUTH_KEY + "\n")
         os.chmod(self.key_file, 0o600)
-        self.repo = str(tmp_path / "repositories" / "@hashed" / "6b" / "86" / "project-1.git")
-        git("init", "--bare", "-q", self.repo)
-        subprocess.run(
-            [sys.executable, RUNNER, "install", self.repo, "--project-path", PROJECT, "--project-id", "1"], check=True
-        )
+        self.repo = str(tmp_path / REPO)
         self.hooks = os.path.join(self.repo, "custom_hooks")
-        os.makedirs(self.hooks)
         self.config_path = os.path.join(self.hooks, "codo-release.json")
         self.config = base_config(fake.url, self.state_dir, self.key_file)
         self.write_config()
         self.clone = str(tmp_path / "clone")
-        git("clone", "-q", self.repo, self.clone)
-        git(
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "one",
-            cwd=self.clone,
-        )
-        git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=self.clone)
+
+    def serve_key(self, key, **codo):
+        """The platform restarted to accept `key` only (None: any well-formed key), the hook given it."""
+        self.fake.stop()
+        self.fake.__init__(auth_key=key)
+        self.fake.start()
+        self.config["codo"].update(url=self.fake.url, **codo)
+        self.write_config()
+        with open(self.key_file, "w", encoding="utf-8") as handle:
+            handle.write(key or self.fake.auth_key)
 
     def write_config(self, config=None):
         with open(self.config_path, "w", encoding="utf-8") as handle:
@@ -161,14 +201,18 @@ class Site:
         )
 
     def remote_refs(self):
-        return git("for-each-ref", "--format=%(refname)", cwd=self.repo).stdout.split()
+        return git("for-each-ref", "--format=%(refname)", cwd=self.repo).stdout.split("\n")[
+            :-1
+        ]  # names may hold spaces
 
     def run_hook(self, stage, lines=(), argv=(), user="alice", **env):
         """Run the linked program directly, as Gitaly would, with stdin lines or update's argv."""
         link = os.path.join(self.hooks, stage + ".d", "codo-release")
         if not os.path.exists(link):
             self.link(stage)
-        base = self.env(GL_USERNAME=user, GL_PROJECT_PATH=PROJECT, GL_REPOSITORY="project-1", GL_PROTOCOL="ssh")
+        base = self.env(
+            GL_USERNAME=user, GL_PROJECT_PATH=PROJECT, GL_REPOSITORY="project-1", GL_PROTOCOL="ssh"
+        )
         base.update(env)
         return subprocess.run(
             [link, *argv],
@@ -183,7 +227,9 @@ class Site:
 
     def admin(self, *args, **env):
         base = self.env(**env)
-        return subprocess.run([self.entry, *args], check=False, env=base, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [self.entry, *args], check=False, env=base, capture_output=True, text=True, timeout=120
+        )
 
     def flush(self, *args):
         return self.admin("flush", "--state-dir", self.state_dir, *args)
@@ -229,6 +275,60 @@ def fake():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def site_template(tmp_path_factory):
+    return build_site_tree(tmp_path_factory.mktemp("site-template"))
+
+
 @pytest.fixture
-def site(tmp_path, fake):
-    return Site(tmp_path, fake)
+def site(tmp_path, fake, site_template):
+    return Site(tmp_path, fake, site_template)
+
+
+@pytest.fixture
+def other_platform():
+    """A second platform on another port: where a redirect or a planted entry would take the key."""
+    server = FakeCodo(auth_key=AUTH_KEY)
+    server.start()
+    yield server
+    server.stop()
+
+
+def assert_key_nowhere(site, *outputs):
+    """The platform key (and its signature alone) in no output, log or state file."""
+    secrets_ = (AUTH_KEY, AUTH_KEY.rsplit(".", 1)[-1])
+    for text in outputs:
+        for secret in secrets_:
+            assert secret not in text
+    for root, _dirs, files in os.walk(site.state_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as handle:
+                data = handle.read()
+            for secret in secrets_:
+                assert secret.encode() not in data, path
+
+
+def run_hook_bytes(site, stage, data=b"", argv=(), **env):
+    """Run the linked hook with stdin as raw bytes (what git writes need not be text)."""
+    link = os.path.join(site.hooks, stage + ".d", "codo-release")
+    if not os.path.exists(link):
+        site.link(stage)
+    base = site.env(
+        GL_USERNAME="alice", GL_PROJECT_PATH=PROJECT, GL_REPOSITORY="project-1", GL_PROTOCOL="ssh"
+    )
+    base.update(env)
+    result = subprocess.run(
+        [link, *argv],
+        check=False,
+        input=data,
+        cwd=site.repo,
+        env=base,
+        capture_output=True,
+        timeout=60,
+    )
+    return result.returncode, result.stdout.decode("utf-8", "replace") + result.stderr.decode(
+        "utf-8", "replace"
+    )

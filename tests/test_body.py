@@ -89,7 +89,11 @@ def test_defaults_are_what_the_seed_sent(site):
     site.write_config()
     site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
     fields = site.fake.tasks[0].fields
-    assert (fields["submitter"], fields["executor"], fields["details"]) == ("githook", "githook", "git hook auto exec")
+    assert (fields["submitter"], fields["executor"], fields["details"]) == (
+        "githook",
+        "githook",
+        "git hook auto exec",
+    )
     assert (fields["schedule"], fields["task_name"]) == ("ready", "DBTT")
 
 
@@ -101,7 +105,9 @@ def git_hooks_site(site):
 
 
 def test_git_hooks_api_posts_url_path_and_tag(git_hooks_site):
-    git_hooks_site.fake.repos[("https://gitlab.example.com", "ops/dbtt")] = {"release-": {"temp_id": 32}}
+    git_hooks_site.fake.repos[("https://gitlab.example.com", "ops/dbtt")] = {
+        "release-": {"temp_id": 32}
+    }
     result = git_hooks_site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
     post = next(r for r in git_hooks_site.fake.requests if r.method == "POST")
     assert post.path == "/api/task/other/v1/git/hooks/"
@@ -114,15 +120,25 @@ def test_git_hooks_api_posts_url_path_and_tag(git_hooks_site):
 
 
 @pytest.mark.parametrize(
-    "rules, message",
-    [(None, "No related items were found"), ({}, "No hooks, ignore"), ({"hotfix-": {}}, "No hook matched")],
+    "rules, message", [({}, "No hooks, ignore"), ({"hotfix-": {}}, "No hook matched")]
 )
-def test_git_hooks_replies_that_create_nothing_are_reported_as_skipped(git_hooks_site, rules, message):
-    if rules is not None:
-        git_hooks_site.fake.repos[("https://gitlab.example.com", "ops/dbtt")] = rules
+def test_git_hooks_replies_that_create_nothing_are_reported_as_skipped(
+    git_hooks_site, rules, message
+):
+    git_hooks_site.fake.repos[("https://gitlab.example.com", "ops/dbtt")] = rules
     result = git_hooks_site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
     assert f"release-dbtt-1 skipped: the platform's rules: {message}" in result.stdout
     assert git_hooks_site.spool("pending") == [] and git_hooks_site.spool("failed") == []
+
+
+def test_git_hooks_a_project_the_platform_does_not_know_is_a_failure_naming_gitlab_url(
+    git_hooks_site,
+):
+    # The platform answers code 0 "No related items were found" when gitlab_url or the path is not its own.
+    result = git_hooks_site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
+    assert "skipped" not in result.stdout
+    assert "knows no such project under codo.gitlab_url" in result.stdout
+    assert [entry["tag"] for entry in git_hooks_site.spool("failed")] == ["release-dbtt-1"]
 
 
 def test_git_hooks_api_refuses_unsafe_tags_too(git_hooks_site):

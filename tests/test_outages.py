@@ -85,7 +85,9 @@ def test_503_is_retried_because_it_created_nothing(site):
         ({"mode": "close_after_body"}, "connection lost after the task was sent"),
     ],
 )
-def test_a_reply_that_may_hide_a_created_task_is_uncertain_and_never_resent_by_itself(site, fault, detail):
+def test_a_reply_that_may_hide_a_created_task_is_uncertain_and_never_resent_by_itself(
+    site, fault, detail
+):
     site.fake.set_fault(fault.pop("mode"), method="POST", times=1, **fault)
     result = post_receive(site, RELEASE)
     assert result.returncode == 0
@@ -117,7 +119,9 @@ def test_flush_include_uncertain_resends_after_a_person_checked(site):
 
 
 def test_a_business_refusal_is_failed_and_waits_for_a_fixed_config(site):
-    site.rule(1)["hosts"] = {"2": ["118.25.0.10"]}  # the template runs group 1 only: it ends up empty
+    site.rule(1)["hosts"] = {
+        "2": ["118.25.0.10"]
+    }  # the template runs group 1 only: it ends up empty
     site.write_config()
     result = post_receive(site, RELEASE)
     assert "The exec host cannot be empty (code -4)" in result.stdout
@@ -131,8 +135,10 @@ def test_a_business_refusal_is_failed_and_waits_for_a_fixed_config(site):
 
 
 def test_a_rejected_key_is_kept_pending_and_sent_once_the_key_is_renewed(site):
+    from fakes.fake_codo import make_auth_key
+
     with open(site.key_file, "w") as handle:
-        handle.write("expired-key")
+        handle.write(make_auth_key(user_id=7))  # well-formed, but not a key the platform knows
     result = post_receive(site, RELEASE)
     assert "rejected the auth key (HTTP 401)" in result.stdout
     assert len(site.spool("pending")) == 1
@@ -150,12 +156,15 @@ def test_an_entry_abandoned_mid_send_becomes_uncertain(site):
     (entry,) = site.spool("pending")
     spool = os.path.join(site.state_dir, "spool")
     os.rename(
-        os.path.join(spool, "pending", entry["id"] + ".json"), os.path.join(spool, "inflight", entry["id"] + ".json")
+        os.path.join(spool, "pending", entry["id"] + ".json"),
+        os.path.join(spool, "inflight", entry["id"] + ".json"),
     )
     site.fake.start()
     result = site.flush()
     assert result.returncode == 1
-    assert [e["last_error"] for e in site.spool("uncertain")] == ["the process sending it stopped mid-send"]
+    assert [e["last_error"] for e in site.spool("uncertain")] == [
+        "the process sending it stopped mid-send"
+    ]
     assert site.fake.tasks == []
 
 

@@ -1,0 +1,152 @@
+"""A careless or hostile config: what check-config accepts, a push can use; the budget bounds matching."""
+
+import copy
+import json
+import os
+import time
+
+import pytest
+from conftest import PROJECT, assert_key_nowhere, new_tag_line
+
+
+def rules(config):
+    return config["projects"][PROJECT]["rules"]
+
+
+def write_raw(site, text):
+    with open(site.config_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+BAD_CONFIGS = {
+    "budget 1e308": lambda c: c["codo"].update(budget_s=1e308),
+    "budget 1e999 (infinite)": lambda c: c["codo"].update(budget_s="INF"),
+    "read timeout 0": lambda c: c["codo"].update(read_timeout_s=0),
+    "down memory negative": lambda c: c["codo"].update(down_memory_s=-1),
+    "log bytes float": lambda c: c.update(log_max_bytes=1.5),
+    "template superscript two": lambda c: rules(c)[0].update(template_id="²"),
+    "template arabic-indic digits": lambda c: rules(c)[0].update(template_id="٣٢"),
+    "template with underscore": lambda c: rules(c)[0].update(template_id="3_2"),
+    "template negative": lambda c: rules(c)[0].update(template_id=-32),
+    "group superscript": lambda c: rules(c)[0].update(hosts={"²": ["10.0.0.5"]}),
+    "group fullwidth digit": lambda c: rules(c)[0].update(hosts={"１": ["10.0.0.5"]}),
+    "groups 1 and 01": lambda c: rules(c)[0].update(hosts={"1": ["10.0.0.5"], "01": ["10.0.0.6"]}),
+    "host with arabic-indic digits": lambda c: rules(c)[0].update(hosts={"1": ["١٠.0.0.5"]}),
+    "host with a space": lambda c: rules(c)[0].update(hosts={"1": [" 10.0.0.5"]}),
+    "url with a user": lambda c: c["codo"].update(url="http://user:pw@127.0.0.1:1"),
+    "url port out of range": lambda c: c["codo"].update(url="http://127.0.0.1:99999"),
+    "url with a query": lambda c: c["codo"].update(url="http://127.0.0.1:1/?x=1"),
+    "url with a newline": lambda c: c["codo"].update(url="http://127.0.0.1:1/\nHost: x"),
+    "app name with shell": lambda c: c["projects"][PROJECT].update(app_name="DBTT;reboot"),
+    "git url with a space": lambda c: c["projects"][PROJECT].update(git_url="git@x:a b.git"),
+    "args value with backquotes": lambda c: rules(c)[0].update(args={"ENV": "`id`"}),
+    "args name not a word": lambda c: rules(c)[0].update(args={"A B": "x"}),
+    "task name with a line break": lambda c: c["projects"][PROJECT].update(task_name="a\nb"),
+    "state dir relative": lambda c: c.update(state_dir="state"),
+    "key file relative": lambda c: c["codo"].update(auth_key_file="auth_key"),
+}
+
+
+@pytest.mark.parametrize("change", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_check_config_refuses_what_a_push_could_not_use(site, change):
+    config = copy.deepcopy(site.config)
+    change(config)
+    text = json.dumps(config).replace('"INF"', "1e999")
+    write_raw(site, text)
+    result = site.admin("check-config", site.config_path)
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    # and a push with it refuses new tags with one line, never a crash
+    pushed = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")])
+    assert pushed.returncode == 1 and "check-config" in pushed.stdout
+    assert "Traceback" not in pushed.stdout + pushed.stderr
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_json_constants_that_are_not_numbers_are_refused(site, constant):
+    write_raw(site, json.dumps(site.config).replace('"budget_s": 6', f'"budget_s": {constant}'))
+    result = site.admin("check-config", site.config_path)
+    assert result.returncode == 2
+    assert f"{constant} is not a number JSON allows" in result.stdout
+
+
+def test_deep_nesting_in_the_config_is_a_one_line_error(site):
+    write_raw(site, "[" * 100000 + "]" * 100000)
+    result = site.admin("check-config", site.config_path)
+    assert result.returncode == 2 and "not valid JSON" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+# Mutations a careless admin makes; for each one check-config accepts, a push must work end to end.
+ODD_BUT_VALID = {
+    "template as int": lambda c: rules(c)[1].update(template_id=32),
+    "template as text": lambda c: rules(c)[1].update(template_id="32"),
+    "hosts as one comma string": lambda c: rules(c)[1].update(
+        hosts={"1": "118.25.0.10,118.25.0.11"}
+    ),
+    "budget as int": lambda c: c["codo"].update(budget_s=5),
+    "budget tiny": lambda c: c["codo"].update(budget_s=0.5),
+    "numeric arg": lambda c: rules(c)[1].update(args={"PORT": 8080}),
+    "url with port and path": lambda c: c["codo"].update(url=c["codo"]["url"] + "/"),
+    "empty details": lambda c: c["projects"][PROJECT].update(details=""),
+    "unicode task name": lambda c: c["projects"][PROJECT].update(task_name="发布 DBTT"),
+    "log bytes 1": lambda c: c.update(log_max_bytes=1),
+}
+
+
+@pytest.mark.parametrize("change", ODD_BUT_VALID.values(), ids=ODD_BUT_VALID.keys())
+def test_whatever_check_config_accepts_a_push_can_use(site, change):
+    change(site.config)
+    site.write_config()
+    assert site.admin("check-config", site.config_path).returncode == 0
+    result = site.run_hook("post-receive", [new_tag_line("release-dbtt-5")])
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "submitted as task" in result.stdout, result.stdout
+    assert len(site.fake.tasks) == 1
+    assert_key_nowhere(site, result.stdout)
+
+
+CATASTROPHIC = "release-" + "a" * 40 + "!"
+
+
+@pytest.mark.parametrize(
+    "where, tag",
+    [
+        (lambda c: rules(c)[1].update(tag=r"\Arelease-(a+)+\Z"), CATASTROPHIC),
+        (
+            lambda c: c.update(tag_name_pattern=r"^([a-z-]+)*[0-9]$"),
+            "release-dbtt-" + "a" * 40 + "!",
+        ),
+    ],
+    ids=["rule tag", "tag_name_pattern"],
+)
+def test_a_pattern_that_backtracks_cannot_hold_a_push_past_the_budget(site, where, tag):
+    where(site.config)
+    site.config["codo"]["budget_s"] = 2
+    site.write_config()
+    site.link("pre-receive")
+    started = time.monotonic()
+    refused = site.run_hook("pre-receive", [new_tag_line(tag)])  # unbounded: hours
+    kept = site.run_hook("post-receive", [new_tag_line(tag)])
+    assert time.monotonic() - started < 50  # the runs' own timeout is 60 s each
+    assert refused.returncode == 1 and "backtracks catastrophically" in refused.stdout
+    assert "kept in the spool" in kept.stdout and len(site.spool("pending")) == 1
+    warned = site.admin("check-config", site.config_path)
+    assert warned.returncode == 0 and "can backtrack catastrophically" in warned.stdout
+    flushed = site.flush()
+    assert "Traceback" not in flushed.stdout + flushed.stderr and len(site.spool("pending")) == 1
+
+
+def test_match_is_bounded_too(site):
+    rules(site.config)[1]["tag"] = r"\Arelease-(a+)+\Z"
+    site.config["codo"]["budget_s"] = 1
+    site.write_config()
+    result = site.admin("match", "--config", site.config_path, CATASTROPHIC)
+    assert result.returncode == 2 and "backtracks catastrophically" in result.stdout
+
+
+def test_a_config_that_is_not_a_file_is_refused_by_a_push_without_hanging(site):
+    os.unlink(site.config_path)
+    os.mkfifo(site.config_path, 0o600)
+    result = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")])
+    assert result.returncode == 1 and "not a regular file" in result.stdout
