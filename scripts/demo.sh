@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: the whole job on one machine, in about a minute.
+# ./dev demo: the whole job on one machine, in about a minute.
 #
 #   1. a GitLab-like container (codo-demo-gitlab): the git user, Omnibus' repository
 #      storage, project ops/dbtt (id 1) in hashed storage, its hooks run the way Gitaly
@@ -10,7 +10,7 @@
 #   4. a developer pushes release-dbtt-server-20190320-02; the task the platform
 #      received is printed; then what to try next.
 #
-# Needs `make venv image` (make demo does both) and a running docker engine.
+# Needs .venv and the image (./dev demo sets up both) and a running docker engine.
 # KEEP=1 leaves both containers running for the things to try; otherwise the script
 # removes them (and only them, by name) when it ends.
 set -euo pipefail
@@ -58,9 +58,9 @@ finish() {
     exit "$rc"
 }
 
-[ -x "$VENV_BIN/ansible-playbook" ] || die "no $VENV_BIN/ansible-playbook: run make venv (or make demo)"
+[ -x "$VENV_BIN/ansible-playbook" ] || die "no $VENV_BIN/ansible-playbook: run ./dev setup (or ./dev demo)"
 docker info >/dev/null 2>&1 || die "the docker engine is not running"
-docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE: run make image (or make demo)"
+docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE: run ./dev setup (or ./dev demo)"
 if "$VENV_BIN/python" - "$PORT" <<'PY'
 import socket, sys
 try:
@@ -69,7 +69,7 @@ except OSError:
     sys.exit(1)
 PY
 then
-    docker inspect "$CODO" >/dev/null 2>&1 || die "127.0.0.1:$PORT is taken by something else; DEMO_PORT=... make demo"
+    docker inspect "$CODO" >/dev/null 2>&1 || die "127.0.0.1:$PORT is taken by something else; DEMO_PORT=... ./dev demo"
 fi
 
 remove_containers  # a previous KEEP=1 run's, by name
@@ -195,7 +195,7 @@ if [ "$KEEP" = 1 ]; then
     curl -s http://127.0.0.1:$PORT/_fake/tasks
 EOF
 else
-    echo "  Run it again as KEEP=1 make demo to keep both containers and try, inside $GITLAB as git:"
+    echo "  Run it again as KEEP=1 ./dev demo to keep both containers and try, inside $GITLAB as git:"
     echo "    $hook check-config $config"
     echo "    $hook match --project ops/dbtt --config $config qa-dbtt-20190320-01"
     echo "    an unsafe tag: git tag 'release-dbtt-\$(id)' && git push origin 'release-dbtt-\$(id)' (refused)"

@@ -18,6 +18,9 @@ RUNNER = os.path.join(ROOT, "tests", "fakes", "gitaly_runner.py")
 ZERO = "0" * 40
 PROJECT = "ops/dbtt"
 GIT_URL = "git@gitlab.example.com:ops/dbtt.git"
+# The interpreter of the installed hook: ./dev test runs the hook_program tests once per line of
+# tests/hook-matrix.txt with CODO_HOOK_PYTHON set to that Python (and its requests).
+HOOK_PYTHON = os.environ.get("CODO_HOOK_PYTHON") or sys.executable
 # A key no output, log or file may ever show: a JWT like the admin service mints, its signature random.
 AUTH_KEY = make_auth_key()
 
@@ -69,9 +72,9 @@ def install_program(directory):
     with open(os.path.join(FILES, "codo_release_hook.py"), encoding="utf-8") as source:
         lines = source.read().split("\n", 1)
     with open(entry, "w", encoding="utf-8") as target:
-        target.write("#!" + sys.executable + "\n" + lines[1])
+        target.write("#!" + HOOK_PYTHON + "\n" + lines[1])
     os.chmod(entry, 0o755)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", directory], check=True)
+    subprocess.run([HOOK_PYTHON, "-m", "compileall", "-q", directory], check=True)
     return entry
 
 
@@ -251,6 +254,17 @@ class Site:
 
 def new_tag_line(tag, new="1" * 40):
     return f"{ZERO} {new} refs/tags/{tag}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hook_program: runs the installed hook as a program (the interpreter matrix)")
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that uses the installed hook (the `site` fixture, directly or not) runs it as a program."""
+    for item in items:
+        if "site" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.hook_program)
 
 
 @pytest.fixture

@@ -28,20 +28,19 @@ command -v mmdebstrap >/dev/null || { echo "build.sh: mmdebstrap is not installe
 
 packages=$(grep -Ev '^[[:space:]]*(#|$)' "$here/packages.txt" | tr -s '[:space:]' ',' | sed 's/,$//')
 
-# Use this machine's own Debian sources when it runs bookworm too; otherwise
-# leave the mirror out and let mmdebstrap pick its default.
-mirrors=()
-host_codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
-if [ "$host_codename" = "$suite" ]; then
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/debian.sources; do
-        if [ -s "$f" ] && grep -Eq '^[[:space:]]*[^#[:space:]]' "$f"; then
-            mirrors+=("$f")
-        fi
-    done
-fi
-
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/codo-image.XXXXXX")
 trap 'rm -rf "$workdir"' EXIT
+
+# This machine's own Debian sources (the mirror it reaches), with its release's name turned
+# into $suite: on a Debian 13 machine too, the bookworm image comes from the same mirror.
+mirrors=()
+host_codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/debian.sources; do
+    if [ -n "$host_codename" ] && [ -s "$f" ] && grep -Eq '^[[:space:]]*[^#[:space:]]' "$f"; then
+        sed "s/\b$host_codename\b/$suite/g" "$f" >"$workdir/${f##*/}"
+        mirrors+=("$workdir/${f##*/}")
+    fi
+done
 tarball="$workdir/rootfs.tar"
 
 start=$(date +%s)
