@@ -474,13 +474,16 @@ def _codo_problems(codo):
         problems.append("codo.verify_tls must be true or false")
     for key in ("auth_key_file", "ca_file"):
         value = codo.get(key, CODO_DEFAULTS[key])
-        if value is not None and not _is_absolute_path(value):
+        unset = (
+            (None, "") if key == "ca_file" else (None,)
+        )  # "": null as ansible-core < 2.19 renders it
+        if value not in unset and not _is_absolute_path(value):
             problems.append(
                 f"codo.{key} must be an absolute file path"
                 + (" or null" if key == "ca_file" else "")
             )
     link = codo.get("task_link")
-    if link is not None and not _is_link(link):
+    if link not in (None, "") and not _is_link(link):
         problems.append(
             "codo.task_link must be an http(s) URL, {list_id} standing for the task's number, or null"
         )

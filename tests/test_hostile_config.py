@@ -150,3 +150,15 @@ def test_a_config_that_is_not_a_file_is_refused_by_a_push_without_hanging(site):
     os.mkfifo(site.config_path, 0o600)
     result = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")])
     assert result.returncode == 1 and "not a regular file" in result.stdout
+
+
+def test_empty_optional_settings_mean_unset_as_older_ansible_renders_null(site):
+    # ansible-core before 2.19 renders `{{ x or none }}` as "" in a module's arguments.
+    site.config["codo"].update(ca_file="", task_link="")
+    site.write_config()
+    assert site.admin("check-config", site.config_path).returncode == 0
+    result = site.run_hook("post-receive", [new_tag_line("release-dbtt-3")])
+    assert "submitted as task 1" in result.stdout and "http" not in result.stdout
+    site.config["codo"]["auth_key_file"] = ""
+    site.write_config()
+    assert site.admin("check-config", site.config_path).returncode == 2
