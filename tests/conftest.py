@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -186,19 +187,14 @@ class Site:
     def tag(self, name, commit="HEAD"):
         git("tag", "-f", name, commit, cwd=self.clone)
 
-    def commit(self, message="more"):
-        git(
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            message,
-            cwd=self.clone,
-        )
+    def commit(self, message="more", days_old=0):
+        """An empty commit in the clone, dated days_old days ago when asked."""
+        env = dict(os.environ)
+        if days_old:
+            stamp = f"@{int(time.time()) - days_old * 86400} +0000"
+            env.update(GIT_COMMITTER_DATE=stamp, GIT_AUTHOR_DATE=stamp)
+        identity = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+        git(*identity, "commit", "-q", "--allow-empty", "-m", message, cwd=self.clone, env=env)
 
     def remote_refs(self):
         return git("for-each-ref", "--format=%(refname)", cwd=self.repo).stdout.split("\n")[
@@ -257,7 +253,9 @@ def new_tag_line(tag, new="1" * 40):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "hook_program: runs the installed hook as a program (the interpreter matrix)")
+    config.addinivalue_line(
+        "markers", "hook_program: runs the installed hook as a program (the interpreter matrix)"
+    )
 
 
 def pytest_collection_modifyitems(items):

@@ -1,7 +1,5 @@
 """Guards on what a push may release, shadow rules, and who released: through real pushes."""
 
-import os
-
 import pytest
 from conftest import git
 
@@ -14,23 +12,7 @@ def linked(site):
 
 def commit_on_side_branch(site, days_old=0):
     git("checkout", "-q", "-b", "side", cwd=site.clone)
-    env = dict(os.environ)
-    if days_old:
-        stamp = f"@{int(__import__('time').time()) - days_old * 86400} +0000"
-        env.update(GIT_COMMITTER_DATE=stamp, GIT_AUTHOR_DATE=stamp)
-    git(
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@example.com",
-        "commit",
-        "-q",
-        "--allow-empty",
-        "-m",
-        "side",
-        cwd=site.clone,
-        env=env,
-    )
+    site.commit("side", days_old=days_old)
 
 
 def test_a_mirror_sized_push_of_release_tags_is_refused_with_one_line(linked):
