@@ -63,17 +63,8 @@ class ActionModule(ActionBase):
 
     def check_config(self, args):
         """The inventory's mistakes, and the hook's check-config over every present project."""
-        want = {
-            "projects": [dict(p) for p in args["projects"]],
-            "located": args["located"] or {},
-            "method": args["method"],
-            "cluster": args["cluster"],
-            "stages": args["stages"],
-            "defaults": {key: args[key] for key in ("submitter", "executor", "details")},
-            "codo": args.get("codo") or {},
-            "settings": args["settings"],
-        }
         try:
+            want = desired.want_of(dict(args, projects=[dict(p) for p in args["projects"]]))
             states, errors = desired.work_out(want)
         except (KeyError, TypeError, AttributeError) as error:
             return ["codo_hooks_projects: a project is not what the role expects ({})".format(error)]

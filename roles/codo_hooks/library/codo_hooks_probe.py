@@ -154,25 +154,12 @@ WHERE = "<config>"
 SAID = "codo: "
 
 
-def wanted_state(params):
-    return {
-        "projects": params["projects"],
-        "located": params["located"] or {},
-        "method": params["method"],
-        "cluster": params["cluster"],
-        "stages": params["stages"],
-        "defaults": {key: params[key] for key in ("submitter", "executor", "details")},
-        "codo": params["codo"],
-        "settings": params["settings"] or {},
-    }
-
-
 def probe_config(params):
     """(one config holding every present project or None, the errors that stop the probe)."""
     refused = config.path_errors(params["projects"])
     if refused:
         return None, [refused]
-    states, errors = desired.work_out(wanted_state(params))
+    states, errors = desired.work_out(desired.want_of(params))
     if errors:
         return None, errors
     return desired.present_config(states), []

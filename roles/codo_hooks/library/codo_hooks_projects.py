@@ -324,20 +324,6 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def wanted_state(params):
-    """What desired.work_out works every project's state out from."""
-    return {
-        "projects": params["projects"],
-        "located": params["located"] or {},
-        "method": params["method"],
-        "cluster": params["cluster"],
-        "stages": params["stages"],
-        "defaults": {key: params[key] for key in ("submitter", "executor", "details")},
-        "codo": params["codo"],
-        "settings": params["settings"] or {},
-    }
-
-
 def node_want(params, states):
     """What sync.run compares the node with."""
     root = params["repositories_root"]
@@ -372,7 +358,7 @@ def main():
     refused = config.path_errors(params["projects"])
     if refused:
         module.fail_json(msg=refused)
-    states, errors = desired.work_out(wanted_state(params))
+    states, errors = desired.work_out(desired.want_of(params))
     if errors:
         module.fail_json(msg=" ".join(errors), errors=errors)
     result, failed = sync.run(node_want(params, states), module.check_mode)

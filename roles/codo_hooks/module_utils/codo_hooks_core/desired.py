@@ -144,6 +144,20 @@ def placement_errors(want, states):
     return errors
 
 
+def want_of(params):
+    """What work_out takes, from the arguments of codo_hooks_projects or codo_hooks_probe."""
+    return {
+        "projects": params["projects"],
+        "located": params.get("located") or {},
+        "method": params["method"],
+        "cluster": params["cluster"],
+        "stages": params["stages"],
+        "defaults": {key: params[key] for key in ("submitter", "executor", "details")},
+        "codo": params.get("codo") or {},
+        "settings": params.get("settings") or {},
+    }
+
+
 def work_out(want):
     """(every project's wanted state, the errors that stop the run: one line each).
 
