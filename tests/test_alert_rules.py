@@ -62,7 +62,9 @@ def hook_families():
     }
 
 
-@pytest.mark.skipif(not PROMTOOL, reason="promtool is not installed (Debian: apt-get install prometheus)")
+@pytest.mark.skipif(
+    not PROMTOOL, reason="promtool is not installed (Debian: apt-get install prometheus)"
+)
 def test_promtool_accepts_the_rules_and_their_unit_tests_pass():
     check = subprocess.run([PROMTOOL, "check", "rules", RULES], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -17,14 +17,20 @@ def add_tags(repo, names, commit="refs/heads/main"):
     """Tags made straight in the repository (no hook runs), names given as git stores them."""
     target = git("rev-parse", commit, cwd=repo).stdout.strip().encode()
     lines = b"".join(
-        b"create refs/tags/" + (name if isinstance(name, bytes) else name.encode()) + b" " + target + b"\n"
+        b"create refs/tags/"
+        + (name if isinstance(name, bytes) else name.encode())
+        + b" "
+        + target
+        + b"\n"
         for name in names
     )
     subprocess.run(["git", "update-ref", "--stdin"], input=lines, cwd=repo, check=True)
 
 
 def replay(site, *args):
-    result = site.admin("match", "--config", site.config_path, "--project", PROJECT, "--replay", *args)
+    result = site.admin(
+        "match", "--config", site.config_path, "--project", PROJECT, "--replay", *args
+    )
     assert "Traceback" not in result.stdout + result.stderr
     return result
 
