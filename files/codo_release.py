@@ -3594,7 +3594,7 @@ def update_tally(spool, now):
     """Fold the log's new lines into the kept tally, under a lock (two flushes may run at once)."""
     import fcntl
 
-    private_dir(spool.state_dir, spool.owners)
+    private_dir(spool.state_dir, spool.owners)  # ours, no one else writes it
     fd = os.open(
         os.path.join(spool.state_dir, "metrics.lock"),
         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
@@ -3786,7 +3786,10 @@ def record_metrics(spool, metrics_dir):
     A failure costs no release: one line says what is wrong."""
     now = time.time()
     try:
-        tally = update_tally(spool, now)
+        if os.path.isdir(spool.state_dir):
+            tally = update_tally(spool, now)
+        else:  # nothing has run here yet (or a typo): nothing to count, nothing made
+            tally = dict(new_tally(), last_flush=now)
     except OSError as error:
         say(f"metrics: cannot keep the counters in {spool.state_dir}: {error.strerror or error}")
         return

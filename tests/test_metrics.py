@@ -196,9 +196,7 @@ def test_two_flushes_at_once_count_each_event_once(site, metrics_dir):
     assert counted(metrics(metrics_dir))["submitted"] == 5
 
 
-@pytest.mark.parametrize(
-    "project", ['ops/"quoted"', "ops/back\\slash", "ops/new\nline", "ops/ünï\u202ecode"]
-)
+@pytest.mark.parametrize("project", ['ops/"quoted"', "ops/back\\slash", "ops/new\nline"])
 def test_a_hostile_project_name_is_one_escaped_label_value(site, metrics_dir, project):
     site.config["projects"] = {project: site.config["projects"][PROJECT]}
     site.write_config()
@@ -209,6 +207,23 @@ def test_a_hostile_project_name_is_one_escaped_label_value(site, metrics_dir, pr
     assert {labels["project"] for labels in families["codo_release_releases_total"].labelled()} == {
         project
     }
+
+
+def test_a_label_value_that_is_not_ascii_or_not_even_utf8_stays_one_valid_value():
+    tally = codo_release.new_tally()
+    tally["releases"] = {"ops/ünï\u202ecode": {"submitted": 1}, "ops/\udcff": {"refused": 2}}
+    figures = {
+        "counts": dict.fromkeys(codo_release.SPOOL_STATES, 0),
+        "ignored": 0,
+        "oldest": {"pending": None, "uncertain": None},
+        "key_expires": None,
+        "config_problems": 0,
+    }
+    text = codo_release.metrics_text(tally, figures)
+    text.encode("utf-8")  # node_exporter refuses a file that is not UTF-8
+    families = exposition.parse(text)
+    assert counted(families, "ops/ünï\u202ecode") == {"submitted": 1}
+    assert counted(families, "ops/\\udcff") == {"refused": 2}  # the byte shown escaped
 
 
 def test_a_config_that_cannot_be_used_is_counted_and_its_releases_spooled(site, metrics_dir):
@@ -238,6 +253,16 @@ def test_a_metrics_dir_that_cannot_be_written_is_one_line_and_changes_no_exit_co
     assert result.returncode == 0
     (line,) = [line for line in result.stdout.splitlines() if "metrics" in line]
     assert "cannot write" in line and "codo_release.prom" in line
+
+
+def test_a_state_dir_nothing_ran_in_yet_gets_metrics_but_is_not_made(site, metrics_dir, tmp_path):
+    missing = str(tmp_path / "never")
+    result = site.admin("flush", "--state-dir", missing, "--metrics-dir", metrics_dir)
+    assert result.returncode == 0 and result.stdout == ""
+    families = metrics(metrics_dir)
+    assert families["codo_release_spool_entries"].value(state="pending") == 0
+    assert families["codo_release_last_flush_timestamp_seconds"].value() > 0
+    assert not os.path.exists(missing)
 
 
 def test_status_json_tells_version_key_expiry_last_run_flush_and_oldest_ages(site, metrics_dir):
