@@ -10,6 +10,7 @@ Read top to bottom:
   7. The log                    one JSON line per event, bounded
   8. Hook stages                pre-receive, update, post-receive
   9. Admin commands             check-config, match, flush, status
+ 10. Metrics                    what flush counts from the log, for node_exporter and status
 
 Only os, sys and time are imported up front. `json` and `re` cost most of a bare
 interpreter start, so a push whose tags no rule can match reads its config with
@@ -20,6 +21,10 @@ comes in when a tag may be a release, `requests` when it is about to be sent.
 import os
 import sys
 import time
+
+# The hook's version: in `--version`, `status --json` and the metrics. Raise it with every change
+# to the program that a node should be told apart by.
+VERSION = "1.15.0"
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -2179,31 +2184,55 @@ def release_candidates(project, push):
 def config_broken(push, message):
     """A config that cannot be used refuses new tags before the push, and keeps them after it."""
     if push.stage in ("pre-receive", "update"):
-        if any(RefUpdate(*raw).created for raw in push.updates):
+        created = [update for update in (RefUpdate(*raw) for raw in push.updates) if update.created]
+        if created:
             refuse_line(
                 f"{message}; tags cannot be released until it is fixed: run codo_release_hook.py check-config"
             )
+            log_broken(push, created, "refused", message)
             return EXIT_REFUSED
         return EXIT_OK
     keep(push, message, "run check-config, then flush")
     return EXIT_OK
 
 
+def log_broken(push, updates, outcome, message, spool_ids=None):
+    """Log events of a push whose config could not be used (the metrics count them); an error path only."""
+    state_dir = _state_dir_of_broken(push.config_path)
+    for update in updates:
+        event = dict(
+            event_of(push, update, push.project_path), outcome=outcome, detail=message, rule=None
+        )
+        if spool_ids:
+            event["spool_id"] = spool_ids.get(update.ref)
+        append_log(state_dir, TOP_DEFAULTS["log_max_bytes"], event)
+
+
 def keep(push, message, then):
     """Journal the push's new tags not journaled yet as pending, with one line each saying whether it worked."""
     spool = Spool(_state_dir_of_broken(push.config_path))
+    kept = {}
     for update in (RefUpdate(*raw) for raw in push.updates):
         if not update.created or update.ref in push.kept:
             continue
         try:
-            spool.journal(_entry(push, update, None)).settle(PENDING, last_error=message)
+            claim = spool.journal(_entry(push, update, None))
+            claim.settle(PENDING, last_error=message)
         except SpoolError as error:
             say(
                 f"{shown(update.tag)} NOT kept ({error}): delete the tag and push it again once it is fixed"
             )
             continue
         push.kept.add(update.ref)
+        kept[update.ref] = (update, claim.entry["id"])
         say(f"{shown(update.tag)} kept in the spool: {message}; {then}")
+    log_broken(
+        push,
+        [update for update, _ in kept.values()],
+        PENDING,
+        message,
+        {ref: spool_id for ref, (_, spool_id) in kept.items()},
+    )
 
 
 def _state_dir_of_broken(path):
@@ -2441,9 +2470,11 @@ the stage is the name it runs under; the config is codo-release.json in custom_h
 Admin commands:
   check-config [FILE]                       list every problem in a config
   match --project P TAG [--user U]          show what a push of TAG would send (sends nothing)
-  flush [--include-uncertain] [--include-failed]
-                                            send the spooled releases
+  match --project P --replay [--repo R]     which of the repository's tags would be released
+  flush [--include-uncertain] [--include-failed] [--metrics-dir D]
+                                            send the spooled releases (and write the metrics)
   status [--json]                           what the spool holds
+  --version                                 the hook's version
 Each takes --help. Exit codes: 0 done, 1 refused or something left undelivered,
 2 bad usage or config."""
 
@@ -2475,6 +2506,7 @@ def admin(argv, default_config):
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version="%(prog)s " + VERSION)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     check = commands.add_parser(
@@ -2492,7 +2524,17 @@ def admin(argv, default_config):
     match = commands.add_parser(
         "match", help="show the request a push of TAG would send; sends nothing"
     )
-    match.add_argument("tag", help="tag name, without refs/tags/")
+    match.add_argument("tag", nargs="?", help="tag name, without refs/tags/")
+    match.add_argument(
+        "--replay",
+        action="store_true",
+        help="instead of TAG: every tag of the repository, and which would be released",
+    )
+    match.add_argument(
+        "--repo",
+        help="the repository whose tags --replay reads (default: the one whose custom_hooks holds "
+        "the config, else the current directory)",
+    )
     match.add_argument(
         "--project", help="project path with namespace (needed when the config has several)"
     )
@@ -2520,6 +2562,10 @@ def admin(argv, default_config):
         "--include-uncertain",
         action="store_true",
         help="also resend releases that may already be tasks: check the platform first",
+    )
+    commands.choices["flush"].add_argument(
+        "--metrics-dir",
+        help="also write codo_release.prom there (node_exporter's textfile collector directory)",
     )
     commands.choices["flush"].add_argument(
         "--include-failed",
@@ -2743,6 +2789,10 @@ def index_problems(path, raw):
 
 
 def match_tag(args):
+    if args.replay:
+        return replay_tags(args)
+    if args.tag is None:
+        raise ConfigError("match needs a TAG, or --replay for every tag of the repository")
     config = Config.load(args.config, args.project)
     project = config.project(args.project)
     if project is None:
@@ -2784,6 +2834,96 @@ def match_tag(args):
     return EXIT_OK
 
 
+def replay_tags(args):
+    """Every tag of the repository through the rules as if pushed now, one line each: the rule that
+    would submit it, or why not (no rule, an unsafe name, a guard). Sends nothing."""
+    if args.tag is not None:
+        raise ConfigError("match --replay takes no TAG: it reads every tag of the repository")
+    config = Config.load(args.config, args.project)
+    project = config.project(args.project)
+    if project is None:
+        raise ConfigError(
+            "no project {!r} in {} (it has: {})".format(
+                args.project, args.config, ", ".join(sorted(config.projects))
+            )
+        )
+    repo = args.repo or replay_repository(config.path)
+    tags = repository_tags(repo)
+    os.chdir(repo)  # the guards ask git about the tagged commits
+    tally = {"release": 0, "shadow": 0, "refuse": 0, "skip": 0}
+    try:
+        with Budget(config.codo["budget_s"] + len(tags) // 10):
+            for ref, new in tags:
+                update = RefUpdate("0" * 40, new, ref)
+                kind, text = replay_one(config, project, update, args.user)
+                tally[kind] += 1
+                say(f"{shown(update.tag)}: {text}")
+    except BudgetExceeded:
+        raise ConfigError(too_slow(config))
+    say(
+        "{} tag(s) in {}: {release} would be released, {shadow} only shown (shadow), {refuse} "
+        "refused, {skip} skipped; nothing sent".format(len(tags), one_line(repo), **tally)
+    )
+    return EXIT_OK
+
+
+def replay_repository(config_path):
+    """The repository a config in <repo>/custom_hooks/ belongs to; else the current directory."""
+    hooks_dir = os.path.dirname(config_path)
+    if os.path.basename(hooks_dir) == "custom_hooks":
+        return os.path.dirname(hooks_dir)
+    return "."
+
+
+def repository_tags(repo):
+    """[(ref, object id)] of the repository's tags, names read as git stores them (bytes)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "-C", repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/tags/"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as error:
+        raise ConfigError(f"cannot run git: {error.strerror or error}")
+    if done.returncode != 0:
+        raise ConfigError(
+            f"{one_line(repo)} is not a git repository git can read: "
+            f"{one_line(done.stderr.decode('utf-8', 'replace').strip(), 200)}"
+        )
+    tags = []
+    for line in done.stdout.split(b"\n")[:-1]:  # git allows no line feed in a ref name
+        new, _, ref = line.partition(b" ")
+        tags.append((ref.decode("utf-8", "surrogateescape"), new.decode("ascii", "replace")))
+    return tags
+
+
+def replay_one(config, project, update, user):
+    """(kind, text) for one existing tag as if pushed now by `user` (None: any allowed user)."""
+    rule = None if odd_character(update.tag) else project.rule_for(update.tag)
+    allowed = rule.settings["allowed_users"] if rule is not None else []
+    decision = decide(config, project, update, user if user or not allowed else allowed[0])
+    if decision.kind == "skip":
+        return "skip", "skipped: " + decision.reason
+    if decision.kind == "refuse":
+        return "refuse", "refused: " + decision.reason
+    rule = decision.rule
+    if rule.settings["mode"] == "shadow":
+        return "shadow", f"shadow: rule {rule.index} matches; a push sends nothing (mode: shadow)"
+    guard = commit_guard_reason(rule, update)
+    if guard:
+        return "refuse", "refused: " + guard
+    who = "" if user or not allowed else " (by " + ", ".join(map(one_line, allowed)) + ")"
+    target = (
+        f"template {rule.settings['template_id']}, schedule {rule.settings['schedule']}"
+        if config.codo["api"] == "task_accept"
+        else "the platform's git_hooks rules"
+    )
+    return "release", f"released by rule {rule.index} ({target}){who}"
+
+
 def _state_dir(args):
     if args.state_dir:
         return args.state_dir
@@ -2792,6 +2932,7 @@ def _state_dir(args):
 
 def flush(args):
     spool = Spool(_state_dir(args))
+    record_metrics(spool, None)  # the pushes' lines first: this flush's own may rotate the log
     spool.recover_abandoned()
     if not args.include_uncertain:
         settle_uncertain(spool)
@@ -2823,6 +2964,7 @@ def flush(args):
         say(
             f"flush: {len(spool.ignored)} file(s) in the spool were not written by the hook and were ignored: run status"
         )
+    record_metrics(spool, args.metrics_dir)
     return EXIT_REFUSED if any(left.values()) else EXIT_OK
 
 
@@ -3127,6 +3269,40 @@ def status_key_expiry(config_path):
     return ""
 
 
+def status_document(args, spool, entries):
+    """`status --json`: the spool's counts, waiting entries and ignored files, and what a fleet
+    report needs of a node (every time in epoch seconds, every age in seconds; null when unknown)."""
+    now = time.time()
+    counts = {state: len(found) for state, found in entries.items()}
+    waiting = [entry for state in (PENDING, UNCERTAIN, FAILED) for entry in entries[state]]
+    figures = spool_figures(spool, now, entries)
+    try:
+        tally = current_tally(spool)
+    except OSError:
+        tally = new_tally()
+    key_expires = status_key_exp(args.config)
+    return {
+        "counts": counts,
+        "entries": waiting,
+        "ignored": spool.ignored,
+        "version": VERSION,
+        "key_expires": key_expires if key_expires is not None else figures["key_expires"],
+        "last_run": tally["last_run"],
+        "last_flush": tally["last_flush"],
+        "oldest_pending_s": figures["oldest"][PENDING],
+        "oldest_uncertain_s": figures["oldest"][UNCERTAIN],
+    }
+
+
+def status_key_exp(config_path):
+    """The expiry of the key of the config `status` was given, or None."""
+    try:
+        raw = read_config(config_path)
+        return key_exp(read_auth_key(_with_defaults(raw.get("codo") or {}, CODO_DEFAULTS)))
+    except (ConfigError, AttributeError, TypeError):
+        return None
+
+
 def status(args):
     import json
 
@@ -3137,13 +3313,7 @@ def status(args):
     counts = {state: len(found) for state, found in entries.items()}
     waiting = [entry for state in (PENDING, UNCERTAIN, FAILED) for entry in entries[state]]
     if args.json:
-        print(
-            json.dumps(
-                {"counts": counts, "entries": waiting, "ignored": spool.ignored},
-                sort_keys=True,
-                indent=1,
-            )
-        )
+        print(json.dumps(status_document(args, spool, entries), sort_keys=True, indent=1))
         return EXIT_OK
     say(
         "spool {}: {} pending, {} uncertain, {} failed, {} sent, {} in flight".format(
@@ -3190,3 +3360,445 @@ def status(args):
     for path, why in sorted(spool.ignored.items()):
         say(f"  ignored   {one_line(path, 200)}: {why} (the hook did not write it; remove it)")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# 10. Metrics: what flush counts from the log, for node_exporter and status
+# ---------------------------------------------------------------------------
+#
+# A push pays nothing for them: every release a hook stage decides is already one hook.log line.
+# Each flush folds the lines written since the last one into <state_dir>/metrics-state.json (the
+# counters, and where in the log it stopped) and, with --metrics-dir, writes codo_release.prom for
+# node_exporter's textfile collector. Counters survive the spool's pruning and the log's rotation.
+
+METRICS_STATE = "metrics-state.json"
+METRICS_FILE = "codo_release.prom"
+METRICS_STATE_LIMIT = 8 * 1024 * 1024
+METRICS_PROJECTS_LIMIT = 1000  # more projects are counted together, as OTHER_PROJECTS
+OTHER_PROJECTS = "(other)"  # no GitLab path holds parentheses
+RELEASE_OUTCOMES = (
+    "submitted",
+    "spooled",
+    "refused",
+    "uncertain",
+    "settled",
+    "deployed",
+    "failed",
+    "stuck",
+    "skipped",
+    "shadow",
+)
+HOOK_RUN_STAGES = ("pre-receive", "update", "post-receive")
+PUSH_OUTCOMES = {
+    SENT: "submitted",
+    SKIPPED: "skipped",
+    PENDING: "spooled",
+    UNCERTAIN: "uncertain",
+    FAILED: "failed",
+    "refused": "refused",
+    "shadow": "shadow",
+}
+# A resend that is still pending was counted as spooled when the push kept it.
+FLUSH_OUTCOMES = {SENT: "submitted", SKIPPED: "skipped", UNCERTAIN: "uncertain", FAILED: "failed"}
+FOLLOW_OUTCOMES = ("deployed", "failed", "stuck")
+
+
+def counted_outcome(event):
+    """The releases_total outcome a hook.log event counts as, or None."""
+    stage, outcome = event.get("stage"), event.get("outcome")
+    if not isinstance(stage, str) or not isinstance(outcome, str):
+        return None
+    if stage in HOOK_RUN_STAGES:
+        return PUSH_OUTCOMES.get(outcome)
+    if stage == "flush" and outcome == "settled":
+        settled_as = str(event.get("detail") or "").partition(":")[0]
+        return "settled" if settled_as in (SENT, PENDING, FAILED) else None
+    if stage == "flush":
+        return FLUSH_OUTCOMES.get(outcome)
+    if stage == "follow" and outcome in FOLLOW_OUTCOMES:
+        return outcome
+    return None
+
+
+def new_tally():
+    return {
+        "log": None,  # {"inode", "offset"}: where the last flush stopped reading hook.log
+        "releases": {},  # project: {outcome: count}
+        "internal_errors": 0,
+        "last_run": None,
+        "last_submission": None,
+        "last_flush": None,
+    }
+
+
+def _is_count(value):
+    return type(value) is int and value >= 0
+
+
+def _is_epoch(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e11
+
+
+def checked_tally(raw):
+    """The tally as metrics-state.json holds it, any part that is not well formed started afresh."""
+    tally = new_tally()
+    if not isinstance(raw, dict):
+        return tally
+    log = raw.get("log")
+    if isinstance(log, dict) and _is_count(log.get("inode")) and _is_count(log.get("offset")):
+        tally["log"] = {"inode": log["inode"], "offset": log["offset"]}
+    releases = raw.get("releases")
+    if isinstance(releases, dict):
+        for project, counts in list(releases.items())[: METRICS_PROJECTS_LIMIT + 1]:
+            if isinstance(counts, dict):
+                tally["releases"][project] = {
+                    outcome: counts[outcome]
+                    for outcome in RELEASE_OUTCOMES
+                    if _is_count(counts.get(outcome))
+                }
+    if _is_count(raw.get("internal_errors")):
+        tally["internal_errors"] = raw["internal_errors"]
+    for name in ("last_run", "last_submission", "last_flush"):
+        if _is_epoch(raw.get(name)):
+            tally[name] = raw[name]
+    return tally
+
+
+def load_tally(state_dir, owners):
+    """The tally the last flush kept; a fresh one when there is none or it is not the hook's."""
+    import json
+
+    handle = _open_own_file(os.path.join(state_dir, METRICS_STATE), owners, METRICS_STATE_LIMIT)
+    if handle is None:
+        return new_tally()
+    with handle:
+        try:
+            raw = json.loads(handle.read(METRICS_STATE_LIMIT + 1), parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            raw = None
+    return checked_tally(raw)
+
+
+def save_tally(state_dir, tally):
+    """metrics-state.json replaced whole (temp file and rename), owned like the state directory."""
+    import json
+
+    path = os.path.join(state_dir, METRICS_STATE)
+    tmp = path + ".tmp"
+    try:
+        with _create(tmp) as handle:
+            json.dump(tally, handle, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if os.geteuid() == 0:  # an admin's root shell: the git user's next flush must read it
+            info = os.lstat(state_dir)
+            os.chown(tmp, info.st_uid, info.st_gid)
+        os.rename(tmp, path)
+    except OSError:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _open_own_file(path, owners, limit=None):
+    """A binary handle on a regular file of ours reached without a link, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if untrusted_file(info, owners, limit if limit is not None else info.st_size):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def new_log_lines(state_dir, position, owners):
+    """(complete lines of hook.log past `position`, the position after them), following a rotation
+    to hook.log.1. With no position (the first flush), or one lost to two rotations, both files
+    are read whole."""
+    log = os.path.join(state_dir, "hook.log")
+    current = _open_own_file(log, owners)
+    rotated = _open_own_file(log + ".1", owners)
+    inode = {
+        name: os.fstat(handle.fileno()).st_ino if handle else None
+        for name, handle in (("current", current), ("rotated", rotated))
+    }
+    if rotated is not None and inode["rotated"] == inode["current"]:
+        rotated.close()  # renamed between the two opens: one file
+        rotated = None
+    position = position or {}
+    if current is not None and position.get("inode") == inode["current"]:
+        sources = [(current, position["offset"])]
+    elif rotated is not None and position.get("inode") == inode["rotated"]:
+        sources = [(rotated, position["offset"]), (current, 0)]
+    else:
+        sources = [(rotated, 0), (current, 0)]
+    lines, after = [], position or None
+    for handle, offset in sources:
+        if handle is None:
+            continue
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            offset = offset if offset <= size else 0  # truncated by hand: read it again
+            handle.seek(offset)
+            data = handle.read(size - offset)
+            complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+            lines.extend(complete.split(b"\n")[:-1])
+            after = {"inode": os.fstat(handle.fileno()).st_ino, "offset": offset + len(complete)}
+    for handle in (current, rotated):
+        if handle is not None:
+            handle.close()
+    return lines, after
+
+
+def _event_time(text):
+    """Epoch seconds of a log event's `time` (%Y-%m-%dT%H:%M:%S%z), or None."""
+    import datetime
+
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def tally_events(tally, lines):
+    """Count each log line's release outcome by project, internal errors, and the last run and submission."""
+    import json
+
+    for line in lines:
+        try:
+            event = json.loads(line.decode("utf-8", "replace"), parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(event, dict):
+            continue
+        when = _event_time(event.get("time"))
+        if event.get("stage") in HOOK_RUN_STAGES and when is not None:
+            tally["last_run"] = max(tally["last_run"] or 0, when)
+        if event.get("outcome") == "internal_error":
+            tally["internal_errors"] += 1
+        outcome = counted_outcome(event)
+        if outcome is None:
+            continue
+        project = event.get("project") if isinstance(event.get("project"), str) else ""
+        releases = tally["releases"]
+        if project not in releases and len(releases) >= METRICS_PROJECTS_LIMIT:
+            project = OTHER_PROJECTS
+        counts = releases.setdefault(project, {})
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if outcome == "submitted" and when is not None:
+            tally["last_submission"] = max(tally["last_submission"] or 0, when)
+
+
+def update_tally(spool, now):
+    """Fold the log's new lines into the kept tally, under a lock (two flushes may run at once)."""
+    import fcntl
+
+    private_dir(spool.state_dir, spool.owners)  # ours, no one else writes it
+    fd = os.open(
+        os.path.join(spool.state_dir, "metrics.lock"),
+        os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+        0o640,
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        tally = load_tally(spool.state_dir, spool.owners)
+        lines, tally["log"] = new_log_lines(spool.state_dir, tally["log"], spool.owners)
+        tally_events(tally, lines)
+        tally["last_flush"] = now
+        save_tally(spool.state_dir, tally)
+    finally:
+        os.close(fd)
+    return tally
+
+
+def current_tally(spool):
+    """The kept tally with the log's lines since the last flush counted in; nothing is written."""
+    tally = load_tally(spool.state_dir, spool.owners)
+    lines, _ = new_log_lines(spool.state_dir, tally["log"], spool.owners)
+    tally_events(tally, lines)
+    return tally
+
+
+def entry_created(entry):
+    """Epoch seconds an entry was journaled: its id starts with the time in microseconds."""
+    return int(entry["id"][:16]) / 1e6
+
+
+def oldest_age(entries, now):
+    """Seconds since the oldest of the entries was journaled; None when there are none."""
+    if not entries:
+        return None
+    return max(0.0, round(now - min(entry_created(entry) for entry in entries), 3))
+
+
+def key_exp(key):
+    """The key's `exp` claim as epoch seconds, or None."""
+    exp = jwt_claims(key).get("exp")
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp - exp == 0:
+        return exp
+    return None
+
+
+def known_configs(spool, entries):
+    """{config path: (key expiry or None, problem or '')} for each config the spool's entries name
+    (each release keeps its config's path), loaded as flush would trust it to send."""
+    found = {}
+    for entry in entries:
+        path = entry.get("config_path")
+        if not isinstance(path, str) or path in found:
+            continue
+        try:
+            config = installed_config(spool, entry)
+            found[path] = (key_exp(read_auth_key(config.codo)), "")
+        except ConfigError as error:
+            found[path] = (None, str(error))
+    return found
+
+
+def spool_figures(spool, now, entries=None):
+    """What the metrics and `status --json` tell of the spool now."""
+    if entries is None:
+        entries = {state: spool.entries(state) for state in SPOOL_STATES}
+    configs = known_configs(spool, [entry for found in entries.values() for entry in found])
+    expiries = [exp for exp, _ in configs.values() if exp is not None]
+    return {
+        "counts": {state: len(entries[state]) for state in SPOOL_STATES},
+        "ignored": len(spool.ignored),
+        "oldest": {state: oldest_age(entries[state], now) for state in (PENDING, UNCERTAIN)},
+        "key_expires": min(expiries) if expiries else None,
+        "config_problems": sum(1 for _, problem in configs.values() if problem),
+    }
+
+
+def label_value(text):
+    """A label value in the text exposition format: \\, " and line feeds escaped, valid UTF-8."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _sample(name, labels, value):
+    inside = ",".join('{}="{}"'.format(key, label_value(labels[key])) for key in sorted(labels))
+    number = str(value) if type(value) is int else repr(float(value))
+    return "{}{} {}".format(name, "{" + inside + "}" if inside else "", number)
+
+
+def metrics_text(tally, figures):
+    """The whole textfile: HELP and TYPE for each family, no timestamps, nothing secret."""
+    families = []
+
+    def family(name, kind, text, samples):
+        families.append(
+            "\n".join(
+                [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+                + [_sample(name, labels, value) for labels, value in samples]
+            )
+        )
+
+    family(
+        "codo_release_releases_total",
+        "counter",
+        "Release tags by project and outcome, counted by flush from hook.log.",
+        [
+            ({"project": project, "outcome": outcome}, counts.get(outcome, 0))
+            for project, counts in sorted(tally["releases"].items())
+            for outcome in RELEASE_OUTCOMES
+        ],
+    )
+    family(
+        "codo_release_internal_errors_total",
+        "counter",
+        "Errors of the hook's own (each one an internal_error event in hook.log).",
+        [({}, tally["internal_errors"])],
+    )
+    family(
+        "codo_release_spool_entries",
+        "gauge",
+        "Entries in the spool by state.",
+        [({"state": state}, figures["counts"][state]) for state in SPOOL_STATES],
+    )
+    family(
+        "codo_release_spool_ignored_files",
+        "gauge",
+        "Files in the spool the hook did not write (ignored; codo_release_hook.py status lists them).",
+        [({}, figures["ignored"])],
+    )
+    family(
+        "codo_release_spool_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest pending or uncertain release in the spool; 0 when there is none.",
+        [({"state": state}, figures["oldest"][state] or 0) for state in (PENDING, UNCERTAIN)],
+    )
+    for key, text in (
+        ("last_submission", "Last time a release was submitted; 0: never."),
+        ("last_flush", "Last time flush ran."),
+        ("last_run", "Last time a push stage handled a release tag; 0: never."),
+    ):
+        family(f"codo_release_{key}_timestamp_seconds", "gauge", text, [({}, tally[key] or 0)])
+    if figures["key_expires"] is not None:
+        family(
+            "codo_release_key_expiry_timestamp_seconds",
+            "gauge",
+            "When the platform key expires (its exp claim), from the configs the spool names.",
+            [({}, figures["key_expires"])],
+        )
+    family(
+        "codo_release_config_problems",
+        "gauge",
+        "Configs named by the spool's entries that flush cannot use (unreadable, invalid, untrusted, key unreadable).",
+        [({}, figures["config_problems"])],
+    )
+    family(
+        "codo_release_build_info",
+        "gauge",
+        "The installed hook's version.",
+        [({"version": VERSION}, 1)],
+    )
+    return "\n".join(families) + "\n"
+
+
+def write_metrics(directory, text):
+    """<directory>/codo_release.prom replaced whole: a temp file node_exporter ignores (not *.prom),
+    made without following links, 0644, then renamed over it."""
+    import stat
+
+    info = os.stat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise OSError(0, f"{directory} is not a directory")
+    path = os.path.join(directory, METRICS_FILE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    _unlink_quietly(tmp)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(fd, 0o644)
+            handle.write(text)
+            handle.flush()
+            os.fsync(fd)
+        os.rename(tmp, path)
+    except OSError:
+        _unlink_quietly(tmp)
+        raise
+
+
+def record_metrics(spool, metrics_dir):
+    """After a flush: the tally brought up to date and, with a metrics directory, the textfile.
+    A failure costs no release: one line says what is wrong."""
+    now = time.time()
+    try:
+        if os.path.isdir(spool.state_dir):
+            tally = update_tally(spool, now)
+        else:  # nothing has run here yet (or a typo): nothing to count, nothing made
+            tally = dict(new_tally(), last_flush=now)
+    except OSError as error:
+        say(f"metrics: cannot keep the counters in {spool.state_dir}: {error.strerror or error}")
+        return
+    if not metrics_dir:
+        return
+    try:
+        write_metrics(metrics_dir, metrics_text(tally, spool_figures(spool, now)))
+    except OSError as error:
+        say(
+            f"metrics: cannot write {os.path.join(metrics_dir, METRICS_FILE)}: "
+            f"{error.strerror or error} (the git user must be able to write that directory)"
+        )

@@ -62,3 +62,37 @@ def test_check_mode_says_what_would_change_and_changes_nothing(base):
     assert (base / "opt" / "codo_release.py").read_text() == MODULE
     assert (base / "cron").exists() and sorted(os.listdir(base)) == before
     assert "VALUE" not in str(result["diff"])  # the program's modules are not shown
+
+
+def test_a_missing_metrics_dir_is_made_for_the_git_group_and_then_left_alone(base):
+    wanted = dict(args(base), metrics_dir=str(base / "textfile"))
+    rc, result, _ = run_module("codo_hooks_runtime", wanted)
+    assert rc == 0 and any("textfile" in line for line in result["done"])
+    info = (base / "textfile").stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, os.getegid(), 0o775)
+    rc, again, _ = run_module("codo_hooks_runtime", wanted)
+    assert rc == 0 and again["changed"] is False
+
+
+def test_an_existing_metrics_dir_the_git_user_cannot_write_fails_and_is_not_changed(base):
+    nobody = pwd.getpwnam("nobody")
+    textfile = base / "textfile"
+    textfile.mkdir(mode=0o755)
+    os.chmod(textfile, 0o755)
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    run = dict(args(base), metrics_dir=str(textfile), git_user="nobody", git_group=group)
+    rc, result, _ = run_module("codo_hooks_runtime", run)
+    assert rc != 0 and "chmod g+w" in result["msg"] and str(textfile) in result["msg"]
+    assert stat.S_IMODE(textfile.stat().st_mode) == 0o755 and textfile.stat().st_uid == 0
+
+
+def test_an_existing_metrics_dir_the_git_group_may_write_is_accepted_as_it_is(base):
+    textfile = base / "textfile"
+    textfile.mkdir()
+    os.chown(textfile, 0, os.getegid())
+    os.chmod(textfile, 0o2770)
+    group = grp.getgrgid(os.getegid()).gr_name  # nobody is not the owner: only the group lets it in
+    run = dict(args(base), metrics_dir=str(textfile), git_user="nobody", git_group=group)
+    rc, result, _ = run_module("codo_hooks_runtime", run)
+    assert rc == 0 and not any("textfile" in line for line in result["done"])
+    assert stat.S_IMODE(textfile.stat().st_mode) == 0o2770

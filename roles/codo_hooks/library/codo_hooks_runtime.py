@@ -108,6 +108,13 @@ options:
     description: The cron entry's text (written when the scheduler is C(cron)).
     type: str
     default: ""
+  metrics_dir:
+    description:
+      - node_exporter's textfile collector directory, where C(flush) writes C(codo_release.prom).
+        Empty: no metrics. A missing directory is made (C(root:<git_group>) 0775); an existing one is
+        left as it is, and the module fails, changing nothing of it, when I(git_user) cannot write it.
+    type: path
+    default: ""
 attributes:
   check_mode:
     support: full
@@ -239,6 +246,30 @@ class Node:
                 os.chmod(path, mode)
         return True
 
+    def writable_dir(self, path, user, group):
+        """A directory the git user can write into: made when missing, else only checked (it is
+        node_exporter's, shared with other writers)."""
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return self.directory(path, "root", group, 0o775)
+        uid, gid = self.ids(user, group)
+        groups = os.getgrouplist(user, gid)
+        mode = stat.S_IMODE(st.st_mode)
+        can = (
+            (st.st_uid == uid and mode & 0o300 == 0o300)
+            or (st.st_uid != uid and st.st_gid in groups and mode & 0o030 == 0o030)
+            or (st.st_uid != uid and st.st_gid not in groups and mode & 0o003 == 0o003)
+        )
+        if not stat.S_ISDIR(st.st_mode) or not can:
+            self.module.fail_json(
+                msg="codo_hooks_metrics_dir {0} is not a directory {1} can write into (flush writes codo_release.prom "
+                "there): let the group write it (chgrp {2} {0}; chmod g+w {0}) or choose the directory node_exporter's "
+                "--collector.textfile.directory names".format(path, user, group),
+                done=self.done,
+            )
+        return False
+
     def absent(self, path):
         st = lstat(path)
         if st is None:
@@ -334,6 +365,7 @@ def main():
             ),
             cron_file=dict(type="path", required=True),
             cron=dict(type="str", default=""),
+            metrics_dir=dict(type="path", default=""),
         ),
         supports_check_mode=True,
     )
@@ -360,6 +392,8 @@ def main():
             module.fail_json(msg="manage_auth_key needs auth_key_file", done=node.done)
         node.file(p["auth_key_file"], p["auth_key"], 0o600, show=False, user=p["git_user"], group=p["git_group"])
     node.directory(p["state_dir"], p["git_user"], p["git_group"], 0o750)
+    if p["metrics_dir"]:
+        node.writable_dir(p["metrics_dir"], p["git_user"], p["git_group"])
     scheduler = p["scheduler"]
     if scheduler == "auto":
         scheduler = "systemd" if os.path.isdir("/run/systemd/system") else "cron"
