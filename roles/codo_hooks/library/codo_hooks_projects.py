@@ -285,25 +285,8 @@ from ansible.module_utils.codo_hooks_core import config, desired, sync  # noqa: 
 
 STAGES = ["pre-receive", "update", "post-receive"]
 
-PROJECT = dict(
-    path=dict(type="str", required=True),
-    id=dict(type="int"),
-    disk_path=dict(type="str"),
-    storage=dict(type="str"),
-    replica_path=dict(type="str"),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    stages=dict(type="list", elements="str", choices=STAGES),
-    git_url=dict(type="str"),
-    app_name=dict(type="str"),
-    task_name=dict(type="str"),
-    submitter=dict(type="str"),
-    executor=dict(type="str"),
-    details=dict(type="str"),
-    rules=dict(type="list", elements="dict"),
-)
-
 ARGUMENT_SPEC = dict(
-    projects=dict(type="list", elements="dict", required=True, options=PROJECT),
+    projects=dict(type="list", elements="dict", required=True, options=config.PROJECT),
     method=dict(type="str", choices=["files", "gitaly", "global"], default="files"),
     stages=dict(type="list", elements="str", choices=STAGES, default=["pre-receive", "post-receive"]),
     hook=dict(type="path", required=True),
