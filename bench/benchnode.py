@@ -21,10 +21,10 @@ IMAGE = "codo-hooks-node:test"
 STORAGE = "/var/opt/gitlab/git-data/repositories"
 # What the role installs outside the projects' hooks.
 SERVER_WIDE = [
-    "/opt/codo-hooks",
-    "/etc/codo-hooks",
-    "/var/opt/codo-hooks",
-    "/etc/cron.d/codo-hooks-flush",
+    "/opt/codo-release",
+    "/etc/codo-release",
+    "/var/opt/codo-release",
+    "/etc/cron.d/codo-release-flush",
 ]
 # The size sets' ids start this far apart: no size may be larger.
 ID_STRIDE = 10000

@@ -66,14 +66,14 @@ class Play:
         return path
 
     def args(self, template_id=32, projects=None, **extra):
-        config = base_config("https://codo.example.com", "/var/opt/codo-hooks", "/k")
+        config = base_config("https://codo.example.com", "/var/opt/codo-release", "/k")
         entry = config["projects"]["ops/dbtt"]
         entry["rules"][0]["template_id"] = template_id
         args = {
             "projects": projects or [dict(entry, path="ops/dbtt", id=1)],
             "hook": self.hook,
             "codo": config["codo"],
-            "settings": {"state_dir": "/var/opt/codo-hooks", "on_failure": "spool"},
+            "settings": {"state_dir": "/var/opt/codo-release", "on_failure": "spool"},
             "repositories_root": str(self.storage),
             "git_user": "root",
             "git_group": "root",

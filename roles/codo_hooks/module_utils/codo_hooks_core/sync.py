@@ -341,7 +341,9 @@ class Plan:
         self.conflicts.append({"path": target.path, "file": path, "is": found, "want": wanted})
 
     def is_our_link(self, path):
-        return kind(lstat(path)) == "link" and os.readlink(path) == self.want["hook"]
+        """A link to the installed hook, or to where an older release of the role installed it."""
+        ours = [self.want["hook"]] + list(self.want.get("retired_hooks") or [])
+        return kind(lstat(path)) == "link" and os.readlink(path) in ours
 
     def add(self, target):
         hooks_dir = target.hooks_dir
@@ -589,7 +591,7 @@ class Applier:
         owner = self.plan.owners[path]
         hook = self.plan.want["hook"]
         aside = os.path.join(
-            os.path.dirname(path), ".{}.codo-hooks-{}".format(os.path.basename(path), os.getpid())
+            os.path.dirname(path), ".{}.codo-release-{}".format(os.path.basename(path), os.getpid())
         )
         os.symlink(hook, aside)
         os.lchown(aside, owner.uid, owner.gid)
@@ -599,7 +601,7 @@ class Applier:
     def config(self, config):
         path = config["dest"]
         owner = self.plan.owners[path]
-        fd, aside = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".codo-hooks.")
+        fd, aside = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".codo-release.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(config["after"])
@@ -646,7 +648,7 @@ class GitalySender:
 
     def send(self, target, plan):
         """Send the project's hook set with ours changed; what was sent (a manifest) and a line."""
-        with tempfile.TemporaryDirectory(prefix="codo-hooks-") as work:
+        with tempfile.TemporaryDirectory(prefix="codo-release-") as work:
             staged = os.path.join(work, "custom_hooks")
             if kind(lstat(target.hooks_dir)) == "directory":
                 shutil.copytree(target.hooks_dir, staged, symlinks=True)
