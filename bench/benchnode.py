@@ -144,9 +144,10 @@ def find_ansible_playbook():
     return found
 
 
-def playbook_run(inventory, ansible_playbook):
+def playbook_run(inventory, ansible_playbook, ran=None):
     """Runs playbooks/deploy-hooks.yml on the inventory: (seconds, changed count from the recap,
-    names of the changed tasks); a failed run stops the bench."""
+    names of the changed tasks); a failed run stops the bench. ran: a list given is filled with
+    the names of the tasks that ran (reported ok or changed)."""
     env = dict(
         os.environ,
         ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
@@ -170,7 +171,20 @@ def playbook_run(inventory, ansible_playbook):
         sys.exit("bench: ansible-playbook failed ({})".format(inventory))
     recap = [match for match in map(RECAP.match, run.stdout.splitlines()) if match]
     changed = sum(int(match.group(1)) for match in recap) if recap else -1
+    if ran is not None:
+        ran.extend(ran_tasks(run.stdout))
     return elapsed, changed, changed_tasks(run.stdout)
+
+
+def ran_tasks(output):
+    """The names of the tasks that ran (ok or changed, not skipped), from the default callback."""
+    names, task = [], None
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line[len("TASK [") :].split("]")[0]
+        elif line.startswith(("ok: [", "changed: [")) and task:
+            names.append(task)
+    return names
 
 
 def changed_tasks(output):
