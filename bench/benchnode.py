@@ -125,6 +125,8 @@ def write_inventory(directory, container, project_ids, group_vars):
         "codo_hooks_codo_url": "http://127.0.0.1:18099",
         "codo_hooks_auth_key": "eyJ0eXAiOiJKV1QifQ.eyJkYXRhIjp7InVzZXJfaWQiOjF9fQ.bench-key-not-a-secret",
         "codo_hooks_projects": projects,
+        # No platform listens in the bench's container (no network): the role's own cost only.
+        "codo_hooks_probe_platform": False,
     }
     all_vars.update(group_vars)
     # JSON is YAML: no PyYAML needed here.
