@@ -21,10 +21,10 @@ IMAGE = "codo-hooks-node:test"
 STORAGE = "/var/opt/gitlab/git-data/repositories"
 # What the role installs outside the projects' hooks.
 SERVER_WIDE = [
-    "/opt/codo-hooks",
-    "/etc/codo-hooks",
-    "/var/opt/codo-hooks",
-    "/etc/cron.d/codo-hooks-flush",
+    "/opt/codo-release",
+    "/etc/codo-release",
+    "/var/opt/codo-release",
+    "/etc/cron.d/codo-release-flush",
 ]
 # The size sets' ids start this far apart: no size may be larger.
 ID_STRIDE = 10000
@@ -125,6 +125,8 @@ def write_inventory(directory, container, project_ids, group_vars):
         "codo_hooks_codo_url": "http://127.0.0.1:18099",
         "codo_hooks_auth_key": "eyJ0eXAiOiJKV1QifQ.eyJkYXRhIjp7InVzZXJfaWQiOjF9fQ.bench-key-not-a-secret",
         "codo_hooks_projects": projects,
+        # No platform listens in the bench's container (no network): the role's own cost only.
+        "codo_hooks_probe_platform": False,
     }
     all_vars.update(group_vars)
     # JSON is YAML: no PyYAML needed here.
@@ -144,9 +146,10 @@ def find_ansible_playbook():
     return found
 
 
-def playbook_run(inventory, ansible_playbook):
+def playbook_run(inventory, ansible_playbook, ran=None):
     """Runs playbooks/deploy-hooks.yml on the inventory: (seconds, changed count from the recap,
-    names of the changed tasks); a failed run stops the bench."""
+    names of the changed tasks); a failed run stops the bench. ran: a list given is filled with
+    the names of the tasks that ran (reported ok or changed)."""
     env = dict(
         os.environ,
         ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
@@ -170,7 +173,20 @@ def playbook_run(inventory, ansible_playbook):
         sys.exit("bench: ansible-playbook failed ({})".format(inventory))
     recap = [match for match in map(RECAP.match, run.stdout.splitlines()) if match]
     changed = sum(int(match.group(1)) for match in recap) if recap else -1
+    if ran is not None:
+        ran.extend(ran_tasks(run.stdout))
     return elapsed, changed, changed_tasks(run.stdout)
+
+
+def ran_tasks(output):
+    """The names of the tasks that ran (ok or changed, not skipped), from the default callback."""
+    names, task = [], None
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line[len("TASK [") :].split("]")[0]
+        elif line.startswith(("ok: [", "changed: [")) and task:
+            names.append(task)
+    return names
 
 
 def changed_tasks(output):

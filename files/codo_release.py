@@ -96,7 +96,7 @@ DEFAULT_TAG_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"
 CODO_DEFAULTS = {
     "url": None,
     "api": "task_accept",
-    "auth_key_file": "/etc/codo-hooks/auth_key",
+    "auth_key_file": "/etc/codo-release/auth_key",
     "verify_tls": True,
     "ca_file": None,
     "connect_timeout_s": 3,
@@ -110,7 +110,7 @@ CODO_DEFAULTS = {
 }
 TOP_DEFAULTS = {
     "codo": None,
-    "state_dir": "/var/opt/codo-hooks",
+    "state_dir": "/var/opt/codo-release",
     "on_failure": "spool",
     "tag_name_pattern": DEFAULT_TAG_NAME_PATTERN,
     "log_max_bytes": 5 * 1024 * 1024,

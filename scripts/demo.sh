@@ -177,7 +177,7 @@ print("task %s, created by POST %s with this body:" % (task["list_id"], task["pa
 print(json.dumps(json.loads(task["raw_body"]), indent=2, ensure_ascii=False))
 PY
 
-hook=/opt/codo-hooks/codo_release_hook.py
+hook=/opt/codo-release/codo_release_hook.py
 config=$REPO/custom_hooks/codo-release.json
 step "What to try next"
 if [ "$KEEP" = 1 ]; then
@@ -190,7 +190,7 @@ if [ "$KEEP" = 1 ]; then
   Push a tag a rule matches but whose name would run a command on the execution hosts:
     $pre sh -c 'cd ~/work && t="release-dbtt-\\\$(id)" && git tag "\$t" && git push origin "\$t"'
   What the spool holds (the timer resends it every minute):
-    $pre $hook status --state-dir /var/opt/codo-hooks
+    $pre $hook status --state-dir /var/opt/codo-release
   The tasks the platform has:
     curl -s http://127.0.0.1:$PORT/_fake/tasks
 EOF

@@ -89,9 +89,19 @@ def nested_tables(options, heading_level=3):
     return lines
 
 
-def generated(role):
+def all_options(role):
+    """Every entry point's options in one table, in the file's order: a role may describe a
+    variable outside main to keep Ansible from validating it on every run (codo_hooks does so
+    with codo_hooks_projects)."""
     specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text(encoding="utf-8"))
-    options = specs["argument_specs"]["main"].get("options", {})
+    options = {}
+    for entry_point in specs["argument_specs"].values():
+        options.update(entry_point.get("options") or {})
+    return options
+
+
+def generated(role):
+    options = all_options(role)
     lines = [
         BEGIN,
         "<!-- Edit meta/argument_specs.yml, then run scripts/role_readme.py roles/{}. -->".format(

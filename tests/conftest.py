@@ -98,7 +98,7 @@ def build_site_tree(root):
     """What every test starts from, built once a session: the installed program, a bare repository
     whose hooks run as Gitaly runs them (custom_hooks empty), and a clone with one commit pushed."""
     root = str(root)
-    install_program(os.path.join(root, "opt", "codo-hooks"))
+    install_program(os.path.join(root, "opt", "codo-release"))
     repo = os.path.join(root, REPO)
     git("init", "--bare", "-q", repo)
     subprocess.run(
@@ -136,7 +136,7 @@ class Site:
         if template is None:
             template = build_site_tree(tmp_path / "template")
         copy_site_tree(str(template), str(tmp_path))
-        self.entry = os.path.join(str(tmp_path), "opt", "codo-hooks", "codo_release_hook.py")
+        self.entry = os.path.join(str(tmp_path), "opt", "codo-release", "codo_release_hook.py")
         self.state_dir = str(tmp_path / "state")
         self.key_file = str(tmp_path / "auth_key")
         with open(self.key_file, "w", encoding="utf-8") as handle:

@@ -40,9 +40,9 @@ def render(projects, method="files", cluster=False, located=None):
         "codo": {
             "url": "http://127.0.0.1:1",
             "api": "task_accept",
-            "auth_key_file": "/etc/codo-hooks/auth_key",
+            "auth_key_file": "/etc/codo-release/auth_key",
         },
-        "settings": {"state_dir": "/var/opt/codo-hooks", "on_failure": "spool"},
+        "settings": {"state_dir": "/var/opt/codo-release", "on_failure": "spool"},
     }
     states, errors = desired.work_out(want)
     if not errors:

@@ -169,10 +169,10 @@ def test_an_empty_stdin_removes_every_hook(node):
 
 def test_symbolic_links_in_the_archive_stay_links(node, build):
     os.makedirs(os.path.join(build, "custom_hooks", "post-receive.d"))
-    os.symlink("/opt/codo-hooks/codo_release_hook.py", os.path.join(build, "custom_hooks", "post-receive.d", "codo-release"))
+    os.symlink("/opt/codo-release/codo_release_hook.py", os.path.join(build, "custom_hooks", "post-receive.d", "codo-release"))
     node.set(node.archive(build, "custom_hooks"))
     link = os.path.join(node.hooks, "post-receive.d", "codo-release")
-    assert os.path.islink(link) and os.readlink(link) == "/opt/codo-hooks/codo_release_hook.py"
+    assert os.path.islink(link) and os.readlink(link) == "/opt/codo-release/codo_release_hook.py"
 
 
 def test_the_archives_modes_are_kept(node, build):

@@ -18,7 +18,7 @@ class Server:
 
     def __init__(self, tmp_path, fake):
         self.tmp = tmp_path
-        self.entry = install_program(str(tmp_path / "opt" / "codo-hooks"))
+        self.entry = install_program(str(tmp_path / "opt" / "codo-release"))
         self.global_dir = tmp_path / "gitaly" / "custom_hooks"
         self.state_dir = tmp_path / "state"
         key_file = tmp_path / "auth_key"

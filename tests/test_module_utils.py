@@ -55,3 +55,30 @@ def test_combined_keeps_the_first_settings_and_every_project():
     assert merged["projects"] == {"ops/a": {"x": 1}, "ops/b": {"x": 2}}
     assert first["projects"] == {"ops/a": {"x": 1}}  # the inputs are left as they were
     assert config.combined([]) is None
+
+
+def action_plugin():
+    import importlib.util
+    import os
+
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "roles", "codo_hooks", "action_plugins", "codo_hooks_projects.py"
+    )
+    spec = importlib.util.spec_from_file_location("codo_hooks_projects_action", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_projects_are_checked_with_the_modules_spec_in_one_line_with_no_control_character():
+    checked, why = action_plugin().checked_projects(
+        [{"path": "ops/a", "state": "gone\n\x1b[2J"}, {"id": 3}]
+    )
+    assert checked is None and why.startswith("codo_hooks_projects: ")
+    assert "\n" not in why and "\x1b" not in why and "\\x0a" in why
+    assert "path" in why and "state" in why
+
+
+def test_checked_projects_come_out_as_the_module_reads_them():
+    checked, why = action_plugin().checked_projects([{"path": "ops/a", "id": "7"}])
+    assert why is None and checked[0]["id"] == 7 and checked[0]["state"] == "present"

@@ -66,14 +66,14 @@ class Play:
         return path
 
     def args(self, template_id=32, projects=None, **extra):
-        config = base_config("https://codo.example.com", "/var/opt/codo-hooks", "/k")
+        config = base_config("https://codo.example.com", "/var/opt/codo-release", "/k")
         entry = config["projects"]["ops/dbtt"]
         entry["rules"][0]["template_id"] = template_id
         args = {
             "projects": projects or [dict(entry, path="ops/dbtt", id=1)],
             "hook": self.hook,
             "codo": config["codo"],
-            "settings": {"state_dir": "/var/opt/codo-hooks", "on_failure": "spool"},
+            "settings": {"state_dir": "/var/opt/codo-release", "on_failure": "spool"},
             "repositories_root": str(self.storage),
             "git_user": "root",
             "git_group": "root",
@@ -157,3 +157,38 @@ def test_projects_given_by_path_only_are_found_with_the_token_never_shown(play):
     assert (play.storage / hashed(1) / "custom_hooks" / "codo-release.json").exists()
     assert (legacy / "custom_hooks" / "codo-release.json").exists()
     assert TOKEN not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ({"state": "gone"}, "value of state must be one of: present, absent, got: gone"),
+        ({"id": "twelve"}, "twelve"),
+        ({"stages": ["pre-receive", "post-update"]}, "post-update"),
+        ({"taskname": "DBTT"}, "taskname"),
+    ],
+)
+def test_a_project_key_of_the_wrong_kind_is_refused_in_one_line_before_the_node_is_touched(
+    play, change, said
+):
+    # The role's meta/argument_specs.yml does not check codo_hooks_projects (see its comment):
+    # the action plugin does, with the module's own argument_spec.
+    before = snapshot(str(play.storage))
+    args = play.args()
+    args["projects"][0].update(change)
+    run = play.run(args)
+    assert run.returncode == 2, run.stdout + run.stderr
+    shown = " ".join(run.stdout.split())  # the callback may wrap a long message
+    assert "codo_hooks_projects: " in shown and said in shown, run.stdout
+    assert "Traceback" not in run.stdout + run.stderr
+    assert snapshot(str(play.storage)) == before
+
+
+def test_a_rule_with_the_hooks_newer_keys_passes_the_role(play):
+    # A rule's keys are the hook's (check-config), guards and shadow mode included.
+    args = play.args()
+    args["projects"][0]["rules"][0].update(mode="shadow", max_per_push=3, from_branch="main")
+    run = play.run(args)
+    assert run.returncode == 0 and "changed=1" in run.stdout, run.stdout + run.stderr
+    config = play.storage / hashed(1) / "custom_hooks" / "codo-release.json"
+    assert json.loads(config.read_text())["projects"]["ops/dbtt"]["rules"][0]["mode"] == "shadow"

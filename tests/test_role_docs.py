@@ -23,8 +23,12 @@ TEMPLATED = re.compile(r"\{\{.*\}\}")
 
 
 def options(role):
+    """Every entry point's options (codo_hooks describes codo_hooks_projects outside main)."""
     specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text(encoding="utf-8"))
-    return specs["argument_specs"]["main"]["options"]
+    found = {}
+    for entry_point in specs["argument_specs"].values():
+        found.update(entry_point.get("options") or {})
+    return found
 
 
 def defaults(role):

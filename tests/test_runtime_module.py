@@ -96,3 +96,26 @@ def test_an_existing_metrics_dir_the_git_group_may_write_is_accepted_as_it_is(ba
     rc, result, _ = run_module("codo_hooks_runtime", run)
     assert rc == 0 and not any("textfile" in line for line in result["done"])
     assert stat.S_IMODE(textfile.stat().st_mode) == 0o2770
+
+
+def test_an_unmanaged_key_is_copied_from_the_retired_place_and_the_retired_paths_are_named(base):
+    # codo_hooks_manage_auth_key false: the key was provisioned at /etc/codo-hooks/auth_key.
+    old_key = base / "old-etc" / "auth_key"
+    old_key.parent.mkdir()
+    old_key.write_text("the-old-key\n")
+    given = dict(
+        args(base),
+        auth_key_file=str(base / "etc" / "auth_key"),
+        auth_key_from=str(old_key),
+        retired=[str(old_key), str(base / "never-there")],
+    )
+    rc, result, _ = run_module("codo_hooks_runtime", given, check=True, diff=True)
+    assert rc == 0 and not (base / "etc").exists() and "the-old-key" not in str(result)
+    rc, result, _ = run_module("codo_hooks_runtime", given)
+    assert rc == 0 and result["retired_found"] == [str(old_key)]
+    assert (base / "etc" / "auth_key").read_text() == "the-old-key\n"
+    assert stat.S_IMODE((base / "etc" / "auth_key").stat().st_mode) == 0o600
+    assert "the-old-key" not in str(result)
+    (base / "etc" / "auth_key").write_text("rotated\n")
+    assert run_module("codo_hooks_runtime", given)[0] == 0
+    assert (base / "etc" / "auth_key").read_text() == "rotated\n"  # copied once, never over

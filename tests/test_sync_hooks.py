@@ -160,7 +160,7 @@ class GitalyNode:
     def project(self, path, project_id, state="present", storage=None, **rule_changes):
         """The inventory's entry (codo_hooks_projects) and, under "config", the config it gets."""
         config = base_config(
-            "https://codo.example.com", "/var/opt/codo-hooks", "/etc/codo-hooks/auth_key"
+            "https://codo.example.com", "/var/opt/codo-release", "/etc/codo-release/auth_key"
         )
         entry = config["projects"].pop("ops/dbtt")
         entry["rules"][0].update(rule_changes)
@@ -244,7 +244,7 @@ def node(tmp_path):
     python = system_python_for("nobody")
     if python is None:
         pytest.skip("no python3 in /usr/bin that `nobody` can run the gitaly stand-in with")
-    hook = install_program(str(tmp_path / "opt" / "codo-hooks"))
+    hook = install_program(str(tmp_path / "opt" / "codo-release"))
     base = tempfile.mkdtemp(prefix="codo-sync-hooks-")
     os.chmod(base, 0o755)
     try:
@@ -501,7 +501,7 @@ def sender_for(tmp_path):
                 "storage": None,
                 "state": "present",
                 "stages": list(STAGES),
-                "config": base_config("https://codo.example.com", "/var/opt/codo-hooks", "/k"),
+                "config": base_config("https://codo.example.com", "/var/opt/codo-release", "/k"),
             }
         ],
     }
@@ -635,6 +635,28 @@ def test_files_links_are_roots_and_the_config_0640_in_the_git_group(node):
     config = os.path.join(hooks, "codo-release.json")
     assert owner_of(config) == (0, node.gid) and mode_of(config) == 0o640
     rc, again, _ = run_sync("apply", node.want("files", [project]))
+    assert rc == 0 and again["changed"] is False
+
+
+def test_files_links_to_the_retired_install_dir_are_pointed_at_the_hook_or_removed(node):
+    # An older release of the role installed the hook in /opt/codo-hooks (tasks/migrate.yml).
+    web, old = node.repo(1), node.repo(2)
+    retired = "/opt/codo-hooks/codo_release_hook.py"
+    projects = [node.project("ops/web", 1), node.project("ops/old", 2)]
+    assert run_sync("apply", node.want("files", projects))[0] == 0
+    for repo in (web, old):
+        for stage in STAGES:
+            link = os.path.join(repo, "custom_hooks", stage + ".d", "codo-release")
+            os.unlink(link)
+            os.symlink(retired, link)
+    projects[1] = node.project("ops/old", 2, state="absent")
+    want = dict(node.want("files", projects), retired_hooks=[retired])
+    rc, report, _ = run_sync("apply", want)
+    assert rc == 0, report
+    for stage in STAGES:
+        assert os.readlink(os.path.join(web, "custom_hooks", stage + ".d", "codo-release")) == node.hook
+    assert not os.path.lexists(os.path.join(old, "custom_hooks"))
+    rc, again, _ = run_sync("apply", want)
     assert rc == 0 and again["changed"] is False
 
 

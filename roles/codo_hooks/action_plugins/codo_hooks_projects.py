@@ -2,7 +2,9 @@
 """The control node's part of codo_hooks_projects (documented in library/codo_hooks_projects.py).
 
 Before the module runs on the node, with the same arguments:
-  1. refuses project paths outside GitLab's path rules (one line);
+  1. checks every project against the module's own argument_spec (config.PROJECT: the keys, their
+     types and choices; the role's meta/argument_specs.yml only documents them, see config.py) and
+     refuses project paths outside GitLab's path rules, in one line;
   2. works every project's state out and runs the hook's own check-config (the role's
      files/codo_release_hook.py) over every present project's config, in one process;
 then runs the module, which works the same state out with the same code, and returns its result.
@@ -12,10 +14,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import os
 import sys
 
 import ansible.module_utils
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 
 # The role's module_utils/ on the controller: the same code the module runs on the node.
@@ -48,26 +52,44 @@ class ActionModule(ActionBase):
         result = super(ActionModule, self).run(tmp, task_vars)
         del tmp
         args = dict(self._task.args)
-        projects = args.get("projects")
-        if not isinstance(projects, list) or not all(isinstance(p, dict) for p in projects):
-            return dict(result, failed=True, msg="projects must be a list of dicts (codo_hooks_projects)")
-        refused = config.path_errors(projects)
+        if isinstance(args.get("projects"), list):
+            # Plain data from here on: the controller's tagged copies (ansible-core 2.19) of a
+            # thousand projects cost more to check, copy and send than all the rest.
+            args["projects"] = json.loads(json.dumps(args["projects"], default=str))
+        projects, refused = checked_projects(args["projects"])
         if refused:
             return dict(result, failed=True, msg=refused)
         args.setdefault("located", {})
-        errors = self.check_config(dict(DEFAULTS, **args))
+        errors = self.check_config(dict(DEFAULTS, **args), projects)
         if errors:
             return dict(result, failed=True, msg=" ".join(errors), errors=errors)
         result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
         return result
 
-    def check_config(self, args):
+    def check_config(self, args, projects):
         """The inventory's mistakes, and the hook's check-config over every present project."""
         try:
-            want = desired.want_of(dict(args, projects=[dict(p) for p in args["projects"]]))
+            want = desired.want_of(dict(args, projects=projects))
             states, errors = desired.work_out(want)
         except (KeyError, TypeError, AttributeError) as error:
             return ["codo_hooks_projects: a project is not what the role expects ({})".format(error)]
         if errors:
             return errors
         return desired.check_config_errors(sys.executable, HOOK, states)
+
+
+def checked_projects(projects):
+    """(the projects as the module reads them, None) or (None, why they are refused: one line)."""
+    if not isinstance(projects, list) or not all(isinstance(p, dict) for p in projects):
+        return None, "projects must be a list of dicts (codo_hooks_projects)"
+    spec = {"projects": dict(type="list", elements="dict", required=True, options=config.PROJECT)}
+    checked = ArgumentSpecValidator(spec).validate({"projects": projects})
+    if checked.error_messages:
+        said = "; ".join(str(message) for message in checked.error_messages)
+        return None, "codo_hooks_projects: " + config.CONTROL.sub(escaped, said)
+    projects = checked.validated_parameters["projects"]
+    return projects, config.path_errors(projects)
+
+
+def escaped(match):
+    return "\\x{:02x}".format(ord(match.group()))

@@ -93,13 +93,13 @@ EXAMPLES = r"""
 - name: Ask the platform whether it will take the releases
   codo_hooks_probe:
     projects: "{{ codo_hooks_projects }}"
-    hook: /opt/codo-hooks/codo_release_hook.py
+    hook: /opt/codo-release/codo_release_hook.py
     codo:
       url: https://codo.example.com
       api: task_accept
-      auth_key_file: /etc/codo-hooks/auth_key
+      auth_key_file: /etc/codo-release/auth_key
     settings:
-      state_dir: /var/opt/codo-hooks
+      state_dir: /var/opt/codo-release
   run_once: true
 """
 

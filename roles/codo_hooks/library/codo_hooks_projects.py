@@ -101,6 +101,13 @@ options:
     description: The installed hook entry the links point at.
     type: path
     required: true
+  retired_hooks:
+    description:
+      - Where older releases of the role installed the hook. Links to them are ours too, removed
+        with C(state=absent) (a present project's link is pointed at I(hook) anyway).
+    type: list
+    elements: path
+    default: []
   codo:
     description: The C(codo) section of every C(codo-release.json) (platform URL, API, key file, timeouts).
     type: dict
@@ -183,21 +190,21 @@ EXAMPLES = r"""
       - path: ops/old-project
         disk_path: ops/old-project
         state: absent
-    hook: /opt/codo-hooks/codo_release_hook.py
+    hook: /opt/codo-release/codo_release_hook.py
     codo:
       url: https://codo.example.com
       api: task_accept
-      auth_key_file: /etc/codo-hooks/auth_key
+      auth_key_file: /etc/codo-release/auth_key
     settings:
-      state_dir: /var/opt/codo-hooks
+      state_dir: /var/opt/codo-release
       on_failure: spool
 
 - name: Send the hooks with gitaly hooks set, projects given by path only located by GitLab's API
   codo_hooks_projects:
     projects: "{{ codo_hooks_projects }}"
     method: gitaly
-    hook: /opt/codo-hooks/codo_release_hook.py
-    codo: {url: https://codo.example.com, api: task_accept, auth_key_file: /etc/codo-hooks/auth_key}
+    hook: /opt/codo-release/codo_release_hook.py
+    codo: {url: https://codo.example.com, api: task_accept, auth_key_file: /etc/codo-release/auth_key}
     located: "{{ located.located }}"   # from codo_hooks_gitlab_storage
 """
 
@@ -285,28 +292,12 @@ from ansible.module_utils.codo_hooks_core import config, desired, sync  # noqa: 
 
 STAGES = ["pre-receive", "update", "post-receive"]
 
-PROJECT = dict(
-    path=dict(type="str", required=True),
-    id=dict(type="int"),
-    disk_path=dict(type="str"),
-    storage=dict(type="str"),
-    replica_path=dict(type="str"),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    stages=dict(type="list", elements="str", choices=STAGES),
-    git_url=dict(type="str"),
-    app_name=dict(type="str"),
-    task_name=dict(type="str"),
-    submitter=dict(type="str"),
-    executor=dict(type="str"),
-    details=dict(type="str"),
-    rules=dict(type="list", elements="dict"),
-)
-
 ARGUMENT_SPEC = dict(
-    projects=dict(type="list", elements="dict", required=True, options=PROJECT),
+    projects=dict(type="list", elements="dict", required=True, options=config.PROJECT),
     method=dict(type="str", choices=["files", "gitaly", "global"], default="files"),
     stages=dict(type="list", elements="str", choices=STAGES, default=["pre-receive", "post-receive"]),
     hook=dict(type="path", required=True),
+    retired_hooks=dict(type="list", elements="path", default=[]),
     codo=dict(type="dict", required=True),
     settings=dict(type="dict", default={}),
     submitter=dict(type="str", default="githook"),
@@ -329,6 +320,7 @@ def node_want(params, states):
     root = params["repositories_root"]
     return {
         "hook": params["hook"],
+        "retired_hooks": [path for path in params["retired_hooks"] if path != params["hook"]],
         "link_name": config.LINK_NAME,
         "config_name": config.CONFIG_NAME,
         "index_name": config.INDEX_NAME,

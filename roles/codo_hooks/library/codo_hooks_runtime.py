@@ -69,6 +69,18 @@ options:
     description: Write I(auth_key) to I(auth_key_file).
     type: bool
     default: false
+  auth_key_from:
+    description:
+      - Where an older release of the role kept the key. When the key is not managed
+        (I(manage_auth_key) false) and I(auth_key_file) does not exist, the key there is copied to
+        it (C(codo_hooks_migrate) removes the old one later), so that the projects' configs can
+        name the new place at once.
+    type: path
+  retired:
+    description: Paths an older release of the role installed; those that exist are returned in C(retired_found).
+    type: list
+    elements: path
+    default: []
   state_dir:
     description: The hook's spool and log directory.
     type: path
@@ -128,17 +140,17 @@ notes:
 EXAMPLES = r"""
 - name: Install the hook program, its directories and the flush schedule
   codo_hooks_runtime:
-    install_dir: /opt/codo-hooks
+    install_dir: /opt/codo-release
     python: /usr/bin/python3
     entry:
       name: codo_release_hook.py
       source: "{{ lookup('ansible.builtin.file', 'codo_release_hook.py', rstrip=false) }}"
     modules:
       codo_release.py: "{{ lookup('ansible.builtin.file', 'codo_release.py', rstrip=false) }}"
-    key_dir: /etc/codo-hooks
-    state_dir: /var/opt/codo-hooks
-    cron_file: /etc/cron.d/codo-hooks-flush
-    cron: "* * * * * git /opt/codo-hooks/codo_release_hook.py flush --state-dir /var/opt/codo-hooks\n"
+    key_dir: /etc/codo-release
+    state_dir: /var/opt/codo-release
+    cron_file: /etc/cron.d/codo-release-flush
+    cron: "* * * * * git /opt/codo-release/codo_release_hook.py flush --state-dir /var/opt/codo-release\n"
 """
 
 RETURN = r"""
@@ -155,6 +167,11 @@ units_changed:
   description: A systemd unit file was (or would be) written.
   returned: always
   type: bool
+retired_found:
+  description: The paths of I(retired) that exist on the node (C(codo_hooks_migrate) has work to do).
+  returned: always
+  type: list
+  elements: str
 done:
   description: What was done (in check mode, what would be), one line each.
   returned: always
@@ -212,7 +229,7 @@ class Node:
         st = lstat(path)
         if st is not None and not stat.S_ISREG(st.st_mode):
             self.module.fail_json(msg="{} is not a file: move it away and run again".format(path), done=self.done)
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", "surrogateescape")
         before = b""
         if st is not None:
             with open(path, "rb") as handle:
@@ -228,7 +245,7 @@ class Node:
         self.done.append(("wrote " if before != data else "fixed owner/mode of ") + path)
         if not self.check:
             if before != data:
-                fd, aside = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".codo-hooks.")
+                fd, aside = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".codo-release.")
                 try:
                     with os.fdopen(fd, "wb") as handle:
                         handle.write(data)
@@ -353,6 +370,8 @@ def main():
             auth_key=dict(type="str", default="", no_log=True),
             auth_key_file=dict(type="path"),
             manage_auth_key=dict(type="bool", default=False),
+            auth_key_from=dict(type="path"),
+            retired=dict(type="list", elements="path", default=[]),
             state_dir=dict(type="path", required=True),
             git_user=dict(type="str", default="git"),
             git_group=dict(type="str", default="git"),
@@ -391,6 +410,12 @@ def main():
         if not p["auth_key_file"]:
             module.fail_json(msg="manage_auth_key needs auth_key_file", done=node.done)
         node.file(p["auth_key_file"], p["auth_key"], 0o600, show=False, user=p["git_user"], group=p["git_group"])
+    elif p["auth_key_from"] and p["auth_key_file"] and lstat(p["auth_key_file"]) is None:
+        old = lstat(p["auth_key_from"])
+        if old is not None and stat.S_ISREG(old.st_mode):
+            with open(p["auth_key_from"], "rb") as handle:
+                key = handle.read().decode("utf-8", "surrogateescape")
+            node.file(p["auth_key_file"], key, 0o600, show=False, user=p["git_user"], group=p["git_group"])
     node.directory(p["state_dir"], p["git_user"], p["git_group"], 0o750)
     if p["metrics_dir"]:
         node.writable_dir(p["metrics_dir"], p["git_user"], p["git_group"])
@@ -407,6 +432,7 @@ def main():
         node.absent(p["cron_file"])
     result = dict(changed=bool(node.done), done=node.done, scheduler=scheduler, units_changed=units_changed)
     result["interpreter_ready"] = ready
+    result["retired_found"] = [path for path in p["retired"] if lstat(path) is not None]
     # The arguments echoed back without the program's text (it is in git).
     echoed = dict(p, entry=p["entry"]["name"], modules=sorted(p["modules"]))
     result["invocation"] = {"module_args": echoed}

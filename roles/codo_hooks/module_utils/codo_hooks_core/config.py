@@ -13,6 +13,27 @@ LINK_NAME = "codo-release"
 CONFIG_NAME = "codo-release.json"
 INDEX_NAME = "codo-release.projects"
 
+# A project's keys as the module's argument_spec checks them, on the node and, first, on the
+# control node (the action plugin): the role's meta/argument_specs.yml documents them but does
+# not check them, since Ansible's role validation copies and templates a thousand projects on
+# every run. A rule's keys are the hook's, checked by its check-config.
+PROJECT = dict(
+    path=dict(type="str", required=True),
+    id=dict(type="int"),
+    disk_path=dict(type="str"),
+    storage=dict(type="str"),
+    replica_path=dict(type="str"),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    stages=dict(type="list", elements="str", choices=list(ALL_STAGES)),
+    git_url=dict(type="str"),
+    app_name=dict(type="str"),
+    task_name=dict(type="str"),
+    submitter=dict(type="str"),
+    executor=dict(type="str"),
+    details=dict(type="str"),
+    rules=dict(type="list", elements="dict"),
+)
+
 # GitLab's path rules: letters, digits, '_', '-' and '.', not starting with '-', not ending in
 # '.git' or '.atom'; a project path is a namespace and a name (or more namespaces) joined by '/'.
 SEGMENT = re.compile(r"\A[A-Za-z0-9_.][A-Za-z0-9_.-]*\Z")

@@ -149,7 +149,9 @@ class Target:
         self.hooks_dir = hooks_dir
         self.state = state
         self.stages = stages
-        self.files = files  # name -> wanted text; with state absent, the names to remove
+        # name -> wanted text, or a config (dict) written as config_text; with state absent,
+        # the names to remove
+        self.files = files
         self.dir_owner = how["dir_owner"]
         self.file_owner = how["file_owner"]
         self.must_exist = how.get("must_exist", os.path.dirname(hooks_dir))
@@ -241,7 +243,7 @@ class Node:
             os.path.join(repo, "custom_hooks"),
             state,
             project["stages"],
-            {self.want["config_name"]: config_text(project["config"])},
+            {self.want["config_name"]: project["config"]},
             dir_owner=self.git,
             file_owner=self.git if through_gitaly else self.root,
             keep_top=through_gitaly,
@@ -276,7 +278,7 @@ class Node:
     def server_wide_files(self, present):
         config = combined([project["config"] for project in present])
         index = "".join(path + "\n" for path in sorted(config["projects"]))
-        return {self.want["config_name"]: config_text(config), self.want["index_name"]: index}
+        return {self.want["config_name"]: config, self.want["index_name"]: index}
 
 
 # --- what differs -----------------------------------------------------------------
@@ -339,7 +341,9 @@ class Plan:
         self.conflicts.append({"path": target.path, "file": path, "is": found, "want": wanted})
 
     def is_our_link(self, path):
-        return kind(lstat(path)) == "link" and os.readlink(path) == self.want["hook"]
+        """A link to the installed hook, or to where an older release of the role installed it."""
+        ours = [self.want["hook"]] + list(self.want.get("retired_hooks") or [])
+        return kind(lstat(path)) == "link" and os.readlink(path) in ours
 
     def add(self, target):
         hooks_dir = target.hooks_dir
@@ -400,13 +404,17 @@ class Plan:
             self.conflict(target, path, kind(st), "file")
             return
         before = "" if st is None else (read_text(path) or "")
-        if st is None or before != wanted or target.file_owner.differs(st, self.config_mode):
+        if (
+            st is None
+            or not says_the_same(before, wanted)
+            or target.file_owner.differs(st, self.config_mode)
+        ):
             self.configs.append(
                 {
                     "path": target.path,
                     "dest": path,
                     "before": before,
-                    "after": wanted,
+                    "after": wanted if isinstance(wanted, str) else config_text(wanted),
                     "json": path.endswith(".json"),
                 }
             )
@@ -504,6 +512,18 @@ def name_of(lookup, number):
         return str(number)
 
 
+def says_the_same(text, wanted):
+    """Whether a file's text is what is wanted: a text exactly, a config (a dict) as the hook
+    reads it (json.loads). Rendering a thousand configs to compare them would cost more than
+    the rest of a rerun; a config is rendered only when it is written."""
+    if isinstance(wanted, str):
+        return text == wanted
+    try:
+        return json.loads(text) == wanted
+    except ValueError:
+        return False
+
+
 def empty_after(directory, removed):
     try:
         entries = os.listdir(directory)
@@ -571,7 +591,7 @@ class Applier:
         owner = self.plan.owners[path]
         hook = self.plan.want["hook"]
         aside = os.path.join(
-            os.path.dirname(path), ".{}.codo-hooks-{}".format(os.path.basename(path), os.getpid())
+            os.path.dirname(path), ".{}.codo-release-{}".format(os.path.basename(path), os.getpid())
         )
         os.symlink(hook, aside)
         os.lchown(aside, owner.uid, owner.gid)
@@ -581,7 +601,7 @@ class Applier:
     def config(self, config):
         path = config["dest"]
         owner = self.plan.owners[path]
-        fd, aside = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".codo-hooks.")
+        fd, aside = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".codo-release.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(config["after"])
@@ -628,7 +648,7 @@ class GitalySender:
 
     def send(self, target, plan):
         """Send the project's hook set with ours changed; what was sent (a manifest) and a line."""
-        with tempfile.TemporaryDirectory(prefix="codo-hooks-") as work:
+        with tempfile.TemporaryDirectory(prefix="codo-release-") as work:
             staged = os.path.join(work, "custom_hooks")
             if kind(lstat(target.hooks_dir)) == "directory":
                 shutil.copytree(target.hooks_dir, staged, symlinks=True)
