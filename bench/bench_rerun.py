@@ -62,6 +62,11 @@ def main(argv=None):
     parser.add_argument("--sizes", default="1,200,1000", help="project counts, smallest first (default: 1,200,1000)")
     parser.add_argument("--turns", type=int, default=3, help="timed turns (default: 3)")
     parser.add_argument("--keep", action="store_true", help="leave the container running")
+    parser.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="no fake platform in the container: the runs without the role's probe (on by default)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -71,8 +76,10 @@ def main(argv=None):
     print("bench: {}, node {} from {}, tree {}".format(ansible_playbook, CONTAINER, IMAGE, ROOT))
     try:
         benchnode.start_node(CONTAINER, [i for ids in project_sets.values() for i in ids])
+        key = None if args.no_probe else benchnode.start_platform(CONTAINER)
+        print("bench: the role's probe is {}".format("off" if args.no_probe else "on (fake platform in the node)"))
         inventories = {
-            size: benchnode.write_inventory(os.path.join(workdir, str(size)), CONTAINER, ids, {})
+            size: benchnode.write_inventory(os.path.join(workdir, str(size)), CONTAINER, ids, {}, key)
             for size, ids in project_sets.items()
         }
         least = os.path.join(workdir, "least.yml")

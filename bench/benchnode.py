@@ -94,13 +94,40 @@ def start_node(container, project_ids):
     )
 
 
+PLATFORM_PORT = 18099
+
+
+def start_platform(container):
+    """The fake platform (tests/fakes/fake_codo.py, standard library only) in the node's container,
+    on its loopback, templates 32 and 33: the role's probe asks it as it would ask the real one.
+    Returns the key it accepts."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from fakes.fake_codo import make_auth_key
+
+    key = make_auth_key()
+    docker("cp", os.path.join(ROOT, "tests", "fakes", "fake_codo.py"), container + ":/opt/fake_codo.py")
+    in_container(container, "umask 077 && cat > /opt/fake_key", stdin=key)
+    docker(
+        *("exec", "-d", container, "python3", "/opt/fake_codo.py", "--port", str(PLATFORM_PORT)),
+        *("--auth-key-file", "/opt/fake_key", "--template", "32:1", "--template", "33:1"),
+    )
+    in_container(
+        container,
+        "for i in $(seq 50); do python3 -c 'import urllib.request; urllib.request.urlopen("
+        '"http://127.0.0.1:{}/_fake/tasks", timeout=1)\' 2>/dev/null && exit 0; sleep 0.2; done;'
+        " echo the fake platform did not start >&2; exit 1".format(PLATFORM_PORT),
+    )
+    return key
+
+
 def remove_node(container):
     subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
 
 
-def write_inventory(directory, container, project_ids, group_vars):
+def write_inventory(directory, container, project_ids, group_vars, platform_key=None):
     """An inventory in directory: the container alone in the gitlab group, with the projects of
-    project_ids (two rules each), the bench's platform settings and group_vars; the directory."""
+    project_ids (two rules each), the bench's platform settings and group_vars; the directory.
+    With platform_key (start_platform's), the role's probe asks that platform, as by default."""
     os.makedirs(os.path.join(directory, "group_vars"), exist_ok=True)
     hosts = {"gitlab": {"hosts": {container: {"ansible_connection": "community.docker.docker"}}}}
     projects = [
@@ -122,11 +149,12 @@ def write_inventory(directory, container, project_ids, group_vars):
         for project_id in project_ids
     ]
     all_vars = {
-        "codo_hooks_codo_url": "http://127.0.0.1:18099",
-        "codo_hooks_auth_key": "eyJ0eXAiOiJKV1QifQ.eyJkYXRhIjp7InVzZXJfaWQiOjF9fQ.bench-key-not-a-secret",
+        "codo_hooks_codo_url": "http://127.0.0.1:{}".format(PLATFORM_PORT),
+        "codo_hooks_auth_key": platform_key
+        or "eyJ0eXAiOiJKV1QifQ.eyJkYXRhIjp7InVzZXJfaWQiOjF9fQ.bench-key-not-a-secret",
         "codo_hooks_projects": projects,
-        # No platform listens in the bench's container (no network): the role's own cost only.
-        "codo_hooks_probe_platform": False,
+        # Without a platform in the container (it has no network), the role's own cost only.
+        "codo_hooks_probe_platform": platform_key is not None,
     }
     all_vars.update(group_vars)
     # JSON is YAML: no PyYAML needed here.
