@@ -282,88 +282,11 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 (after the docs, as Ansible modules are)
 from ansible.module_utils.codo_hooks_core import config, desired, sync  # noqa: E402
-
-STAGES = ["pre-receive", "update", "post-receive"]
-
-PROJECT = dict(
-    path=dict(type="str", required=True),
-    id=dict(type="int"),
-    disk_path=dict(type="str"),
-    storage=dict(type="str"),
-    replica_path=dict(type="str"),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    stages=dict(type="list", elements="str", choices=STAGES),
-    git_url=dict(type="str"),
-    app_name=dict(type="str"),
-    task_name=dict(type="str"),
-    submitter=dict(type="str"),
-    executor=dict(type="str"),
-    details=dict(type="str"),
-    rules=dict(type="list", elements="dict"),
+from ansible.module_utils.codo_hooks_core.options import (  # noqa: E402
+    ARGUMENT_SPEC,
+    node_want,
+    wanted_state,
 )
-
-ARGUMENT_SPEC = dict(
-    projects=dict(type="list", elements="dict", required=True, options=PROJECT),
-    method=dict(type="str", choices=["files", "gitaly", "global"], default="files"),
-    stages=dict(type="list", elements="str", choices=STAGES, default=["pre-receive", "post-receive"]),
-    hook=dict(type="path", required=True),
-    codo=dict(type="dict", required=True),
-    settings=dict(type="dict", default={}),
-    submitter=dict(type="str", default="githook"),
-    executor=dict(type="str", default="githook"),
-    details=dict(type="str", default="git hook auto exec"),
-    cluster=dict(type="bool", default=False),
-    repositories_root=dict(type="path", default="/var/opt/gitlab/git-data/repositories"),
-    global_dir=dict(type="str", default=""),
-    gitaly_command=dict(type="path", default="/opt/gitlab/embedded/bin/gitaly"),
-    gitaly_config=dict(type="path", default="/var/opt/gitlab/gitaly/config.toml"),
-    gitaly_storage=dict(type="str", default="default"),
-    git_user=dict(type="str", default="git"),
-    git_group=dict(type="str", default="git"),
-    located=dict(type="dict", default={}),
-)
-
-
-def wanted_state(params):
-    """What desired.work_out works every project's state out from."""
-    return {
-        "projects": params["projects"],
-        "located": params["located"] or {},
-        "method": params["method"],
-        "cluster": params["cluster"],
-        "stages": params["stages"],
-        "defaults": {key: params[key] for key in ("submitter", "executor", "details")},
-        "codo": params["codo"],
-        "settings": params["settings"] or {},
-    }
-
-
-def node_want(params, states):
-    """What sync.run compares the node with."""
-    root = params["repositories_root"]
-    return {
-        "hook": params["hook"],
-        "link_name": config.LINK_NAME,
-        "config_name": config.CONFIG_NAME,
-        "index_name": config.INDEX_NAME,
-        "method": params["method"],
-        "stages": params["stages"],
-        "repositories_root": root.rstrip("/") or "/",
-        "global_dir": params["global_dir"],
-        "gitaly": {
-            "command": params["gitaly_command"],
-            "config": params["gitaly_config"],
-            "storage": params["gitaly_storage"],
-        },
-        "all_stages": list(config.ALL_STAGES),
-        "git_user": params["git_user"],
-        "git_group": params["git_group"],
-        "dir_mode": "0750",
-        "file_owner": "root",
-        "file_group": params["git_group"],
-        "config_mode": "0640",
-        "projects": states,
-    }
 
 
 def main():
@@ -380,7 +303,9 @@ def main():
         result.pop("diff", None)
     # The arguments echoed back with the projects counted, not copied: a thousand projects' rules
     # would otherwise travel back to the controller on every run.
-    result["invocation"] = {"module_args": dict(params, projects="({} projects)".format(len(states)))}
+    result["invocation"] = {
+        "module_args": dict(params, projects="({} projects)".format(len(states)))
+    }
     if failed:
         module.fail_json(msg=failed, **result)
     module.exit_json(**result)
