@@ -105,7 +105,7 @@ def test_nodes_that_match_pass_with_one_aligned_line_each():
         assert row.index("cccccccccccc") == header.index("configs")
         assert len(row) == len(header.rstrip())
     assert result["msg"].startswith(
-        "All 3 node(s) match: hook program aaaaaaaaaaaa (this checkout's)"
+        "All 3 node(s) match: hook program aaaaaaaaaaaa (the one this checkout installs)"
     )
 
 
@@ -121,7 +121,7 @@ def test_a_node_left_behind_is_named_alone_with_what_differs():
     assert rc == 1 and result["failed"] is True
     assert result["mismatched"] == ["gitaly-2"]
     assert below(result) == [
-        "gitaly-2: hook program bbbbbbbbbbbb is not this checkout's (aaaaaaaaaaaa)",
+        "gitaly-2: hook program bbbbbbbbbbbb is not the one this checkout installs (aaaaaaaaaaaa)",
         "gitaly-2: configs differ from the inventory in 1 project(s): "
         "ops/dbtt: codo-release.json differs from the inventory",
     ]
@@ -306,7 +306,10 @@ def test_the_play_prints_the_table_at_any_verbosity_and_names_a_node_with_anothe
     module.write_text(module.read_text() + "# an older copy\n")
     run = play(node, tmp_path)
     assert run.returncode == 2, run.stdout + run.stderr
-    assert "localhost: hook program" in run.stdout and "is not this checkout's" in run.stdout
+    assert (
+        "localhost: hook program" in run.stdout
+        and "is not the one this checkout installs" in run.stdout
+    )
     assert "1 of 1 node(s) differ: localhost." in run.stdout
 
 

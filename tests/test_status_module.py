@@ -222,7 +222,8 @@ def test_the_global_method_reads_the_server_wide_config_and_index(node, tmp_path
     )
     node.install(method="global", gitaly_config=str(gitaly))
     result = node.status(method="global", gitaly_config=str(gitaly))
-    assert (result["configs_count"], result["hooked"], result["differences"]) == (2, 2, 0)
+    assert (result["configs_count"], result["projects"], result["hooked"]) == (2, 2, 2)
+    assert result["differences"] == 0
     assert result["configs"] == result["expected_configs"]
     (hooks_dir / "codo-release.projects").write_text("ops/dbtt\n")
     assert node.status(method="global", gitaly_config=str(gitaly))["differing"] == [

@@ -12,7 +12,7 @@ module: codo_hooks_status
 short_description: Read what the CODO release hook has installed on one node, and its spool, changing nothing
 description:
   - Reads, in one call however many projects, what C(codo_hooks_projects) and C(codo_hooks_runtime)
-    installed on this node, found where they install it for I(method) (the same code and arguments):
+    installed on this node, found where they install it for I(method), with the same code and arguments;
     each present project's C(codo-release.json) and C(<stage>.d/codo-release) links (or Gitaly's
     C(custom_hooks_dir) with the C(global) method).
   - Returns the digest of the installed configs (sha256 over their paths relative to their storage
@@ -25,7 +25,7 @@ description:
     hook gives them (the oldest from the entries' times, and the last run from C(hook.log)'s time,
     when it does not).
   - Never changes anything, in check mode or not, and never reads the platform key. A node that
-    cannot be read (no git user, Gitaly's config unreadable) is not a failure of the task: I(errors)
+    cannot be read (no git user, Gitaly's config unreadable) is not a failure of the task; I(errors)
     says why, and C(codo_hooks_fleet) names the node.
 version_added: "1.1.0"
 author:

@@ -3,7 +3,7 @@
 Used by action_plugins/codo_hooks_fleet.py on the control node (and library/codo_hooks_fleet.py,
 its documented module, which runs the same code anywhere). What must match:
 
-  - every node runs this checkout's hook program (what playbooks/deploy-hooks.yml installs);
+  - every node runs the hook program that this checkout's playbooks/deploy-hooks.yml installs;
   - every node's installed configs are those the inventory gives it (so nodes the inventory gives
     the same projects, Gitaly Cluster replicas or Geo sites, hold the same configs);
   - the nodes of each group named in codo_hooks_status_match_groups hold the same configs, whatever
@@ -133,7 +133,7 @@ class Reference:
     """The program every node must run: this checkout's, or (without it) the one most nodes run."""
 
     def __init__(self, nodes, program):
-        self.digest, self.whose = program, "this checkout's"
+        self.digest, self.whose = program, "the one this checkout installs"
         if program:
             return
         self.whose = "the one most nodes run"

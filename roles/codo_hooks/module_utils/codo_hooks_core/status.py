@@ -100,7 +100,9 @@ class Reading:
         if target.state != "present":
             self.leftovers(target)
             return
-        if target.path != sync.SERVER_WIDE:
+        if target.path == sync.SERVER_WIDE:
+            self.projects += len(json.loads(target.files[self.want["config_name"]])["projects"])
+        else:
             self.projects += 1
         if sync.kind(sync.lstat(target.must_exist)) != "directory":
             self.differences.append(
@@ -283,7 +285,7 @@ def run_status(entry_path, state_dir, git):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=git.become,
+            preexec_fn=None if os.geteuid() == git.uid else git.become,
             cwd="/",
             env=env,
             timeout=STATUS_TIMEOUT_S,
@@ -292,6 +294,8 @@ def run_status(entry_path, state_dir, git):
         return None, "cannot run {}: {}".format(entry_path, error.strerror or error)
     except subprocess.TimeoutExpired:
         return None, "{} status took over {} s".format(entry_path, STATUS_TIMEOUT_S)
+    except subprocess.SubprocessError:  # becoming the git user failed
+        return None, "cannot run status as {}: run the play with become (as root)".format(git.user)
     output = run.stdout[:STATUS_LIMIT].decode("utf-8", "replace")
     if run.returncode != 0:
         said = (output.strip().splitlines() or ["no output"])[-1][:300]
