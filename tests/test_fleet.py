@@ -225,6 +225,12 @@ def test_what_a_node_reports_stays_in_its_cell():
     assert all(
         "\n" not in line and "\x1b" not in line and ": " not in line for line in lines(result)[:3]
     )
+    rc, result = fleet({"b\nforged: line": read(program="b" * 64)})
+    assert rc == 1 and result["mismatched"] == ["b\nforged: line"]
+    assert below(result) == [
+        "b?forged??line: hook program bbbbbbbbbbbb is not the one this checkout installs (aaaaaaaaaaaa)"
+    ]
+    assert "\n" not in result["msg"]
 
 
 PLAYBOOK = """\

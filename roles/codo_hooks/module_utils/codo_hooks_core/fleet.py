@@ -265,10 +265,10 @@ def report(nodes, program="", match_groups=(), groups=None):
     grouped, unknown = group_problems(nodes, match_groups, groups or {})
     for name, problem in grouped:
         by_node[name].append(problem)
-    problems = ["{}: {}".format(name, p) for name, found in by_node.items() for p in found]
+    problems = ["{}: {}".format(cell(name), p) for name, found in by_node.items() for p in found]
     problems += unknown
     mismatched = [name for name, found in by_node.items() if found]
-    noted = [line for name, result in nodes.items() for line in notes(name, result)]
+    noted = [line for name, result in nodes.items() for line in notes(cell(name), result)]
     lines = table([row(name, result) for name, result in nodes.items()])
     if noted or problems:
         lines += [""] + noted + problems
@@ -285,7 +285,10 @@ def verdict(nodes, mismatched, unknown, reference, match_groups):
         return (
             "{} of {} node(s) differ: {}. Bring them in line with "
             "ansible-playbook playbooks/deploy-hooks.yml --limit {}".format(
-                len(mismatched), len(nodes), ", ".join(mismatched), ",".join(mismatched)
+                len(mismatched),
+                len(nodes),
+                ", ".join(cell(name) for name in mismatched),
+                ",".join(cell(name) for name in mismatched),
             )
         )
     if unknown:
