@@ -100,3 +100,28 @@ def test_generator_shows_ansible_markup_as_markdown(tmp_path):
     subprocess.run([sys.executable, str(GENERATOR), str(role)], check=True, capture_output=True)
     readme = (role / "README.md").read_text(encoding="utf-8")
     assert "| `some_role_x` | `a\\|b` | str | Use `x` or *y*. |" in readme
+
+
+MODULES = sorted((ROOT / "roles").glob("*/library/*.py"))
+
+
+def module_docs(path):
+    """The module's DOCUMENTATION, EXAMPLES and RETURN, read without running it."""
+    import ast
+
+    found = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id in ("DOCUMENTATION", "EXAMPLES", "RETURN"):
+                    found[target.id] = yaml.safe_load(node.value.value)
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: path.stem)
+def test_every_module_documents_itself_its_examples_and_what_it_returns(path):
+    docs = module_docs(path)
+    assert sorted(docs) == ["DOCUMENTATION", "EXAMPLES", "RETURN"]
+    assert docs["DOCUMENTATION"]["module"] == path.stem
+    assert docs["DOCUMENTATION"]["short_description"] and docs["RETURN"]
+    assert any(path.stem in task for task in docs["EXAMPLES"])

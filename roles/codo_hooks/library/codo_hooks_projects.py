@@ -289,59 +289,7 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 (after the docs, as Ansible modules are)
 from ansible.module_utils.codo_hooks_core import config, desired, sync  # noqa: E402
-
-STAGES = ["pre-receive", "update", "post-receive"]
-
-ARGUMENT_SPEC = dict(
-    projects=dict(type="list", elements="dict", required=True, options=config.PROJECT),
-    method=dict(type="str", choices=["files", "gitaly", "global"], default="files"),
-    stages=dict(type="list", elements="str", choices=STAGES, default=["pre-receive", "post-receive"]),
-    hook=dict(type="path", required=True),
-    retired_hooks=dict(type="list", elements="path", default=[]),
-    codo=dict(type="dict", required=True),
-    settings=dict(type="dict", default={}),
-    submitter=dict(type="str", default="githook"),
-    executor=dict(type="str", default="githook"),
-    details=dict(type="str", default="git hook auto exec"),
-    cluster=dict(type="bool", default=False),
-    repositories_root=dict(type="path", default="/var/opt/gitlab/git-data/repositories"),
-    global_dir=dict(type="str", default=""),
-    gitaly_command=dict(type="path", default="/opt/gitlab/embedded/bin/gitaly"),
-    gitaly_config=dict(type="path", default="/var/opt/gitlab/gitaly/config.toml"),
-    gitaly_storage=dict(type="str", default="default"),
-    git_user=dict(type="str", default="git"),
-    git_group=dict(type="str", default="git"),
-    located=dict(type="dict", default={}),
-)
-
-
-def node_want(params, states):
-    """What sync.run compares the node with."""
-    root = params["repositories_root"]
-    return {
-        "hook": params["hook"],
-        "retired_hooks": [path for path in params["retired_hooks"] if path != params["hook"]],
-        "link_name": config.LINK_NAME,
-        "config_name": config.CONFIG_NAME,
-        "index_name": config.INDEX_NAME,
-        "method": params["method"],
-        "stages": params["stages"],
-        "repositories_root": root.rstrip("/") or "/",
-        "global_dir": params["global_dir"],
-        "gitaly": {
-            "command": params["gitaly_command"],
-            "config": params["gitaly_config"],
-            "storage": params["gitaly_storage"],
-        },
-        "all_stages": list(config.ALL_STAGES),
-        "git_user": params["git_user"],
-        "git_group": params["git_group"],
-        "dir_mode": "0750",
-        "file_owner": "root",
-        "file_group": params["git_group"],
-        "config_mode": "0640",
-        "projects": states,
-    }
+from ansible.module_utils.codo_hooks_core.options import ARGUMENT_SPEC, node_want  # noqa: E402
 
 
 def main():
@@ -358,7 +306,9 @@ def main():
         result.pop("diff", None)
     # The arguments echoed back with the projects counted, not copied: a thousand projects' rules
     # would otherwise travel back to the controller on every run.
-    result["invocation"] = {"module_args": dict(params, projects="({} projects)".format(len(states)))}
+    result["invocation"] = {
+        "module_args": dict(params, projects="({} projects)".format(len(states)))
+    }
     if failed:
         module.fail_json(msg=failed, **result)
     module.exit_json(**result)

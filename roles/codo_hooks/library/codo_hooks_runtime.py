@@ -123,7 +123,7 @@ options:
   metrics_dir:
     description:
       - node_exporter's textfile collector directory, where C(flush) writes C(codo_release.prom).
-        Empty: no metrics. A missing directory is made (C(root:<git_group>) 0775); an existing one is
+        When empty, no metrics. A missing directory is made (C(root:<git_group>) 0775); an existing one is
         left as it is, and the module fails, changing nothing of it, when I(git_user) cannot write it.
     type: path
     default: ""
