@@ -2849,7 +2849,9 @@ def replay_tags(args):
         )
     repo = args.repo or replay_repository(config.path)
     tags = repository_tags(repo)
-    os.chdir(repo)  # the guards ask git about the tagged commits
+    # The guards ask git about the tagged commits: in this repository, never one around it.
+    os.environ["GIT_DIR"] = os.path.abspath(git_dir_of(repo))
+    os.chdir(repo)
     tally = {"release": 0, "shadow": 0, "refuse": 0, "skip": 0}
     try:
         with Budget(config.codo["budget_s"] + len(tags) // 10):
@@ -2875,13 +2877,26 @@ def replay_repository(config_path):
     return "."
 
 
+def git_dir_of(repo):
+    """The repository's git directory: REPO itself (bare, as GitLab keeps them) or REPO/.git. Given
+    to git as --git-dir, so that a directory that is no repository is not taken for one it is in."""
+    dot_git = os.path.join(repo, ".git")
+    return dot_git if os.path.isdir(dot_git) else repo
+
+
 def repository_tags(repo):
     """[(ref, object id)] of the repository's tags, names read as git stores them (bytes)."""
     import subprocess
 
     try:
         done = subprocess.run(
-            ["git", "-C", repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/tags/"],
+            [
+                "git",
+                "--git-dir=" + git_dir_of(repo),
+                "for-each-ref",
+                "--format=%(objectname) %(refname)",
+                "refs/tags/",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
