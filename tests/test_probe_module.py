@@ -129,3 +129,61 @@ def test_a_project_path_outside_gitlabs_rules_is_refused_in_one_line(node):
     args["projects"][0]["path"] = "ops/\x1bdbtt"
     rc, result, _ = run_module("codo_hooks_probe", args)
     assert rc != 0 and "control character" in result["msg"] and "\n" not in result["msg"]
+
+
+def test_a_project_that_stands_for_others_says_how_many_a_problem_concerns(node):
+    rules = node.config["projects"][PROJECT]["rules"]
+    rules[0]["template_id"] = 99
+    others = ["ops/app{}".format(n) for n in range(5)]
+    rc, result = run_probe(node, alike={PROJECT: others})
+    assert rc != 0
+    line = next(p for p in result["problems"] if "template 99" in p)
+    assert line.endswith(
+        "(the same for 5 other project(s) alike: ops/app0, ops/app1, ops/app2, ...)"
+    ), line
+
+
+def test_projects_are_asked_about_once_per_shape():
+    """desired.probe_groups: tags, URLs and names do not matter; template, host groups, args
+    names, mode and submitter do; absent projects are not asked about."""
+    from ansible_module import role_module_utils
+
+    role_module_utils()
+    from ansible.module_utils.codo_hooks_core import desired
+
+    ids = iter(range(1, 100))
+
+    def project(path, template=32, groups=("1",), args=None, submitter=None, state="present"):
+        rule = {"tag": r"\A" + path.replace("/", "-"), "template_id": template}
+        rule["hosts"] = {group: ["10.0.0.1"] for group in groups}
+        if args:
+            rule["args"] = args
+        entry = {"path": path, "id": next(ids), "git_url": "git@x:" + path, "app_name": path}
+        entry.update(rules=[rule], submitter=submitter, state=state)
+        return entry
+
+    projects = [
+        project("a/one"),
+        project("a/two"),  # another tag, URL and name: the same questions
+        project("a/three", template=33),
+        project("a/four", groups=("1", "2")),
+        project("a/five", args={"BRANCH": "main"}),
+        project("a/six", submitter="someone"),
+        project("a/seven", state="absent"),
+        project("a/eight", args={"BRANCH": "other"}),  # the same args names as a/five
+    ]
+    want = {
+        "projects": projects,
+        "located": {},
+        "method": "files",
+        "cluster": False,
+        "stages": ["pre-receive", "post-receive"],
+        "defaults": {"submitter": "githook", "executor": "githook", "details": "d"},
+        "codo": {"url": "https://codo.example.com", "auth_key_file": "/k"},
+        "settings": {},
+    }
+    states, errors = desired.work_out(want)
+    assert errors == []
+    chosen, alike = desired.probe_groups(projects, states)
+    assert [p["path"] for p in chosen] == ["a/one", "a/three", "a/four", "a/five", "a/six"]
+    assert alike == {"a/one": ["a/two"], "a/five": ["a/eight"]}

@@ -60,10 +60,13 @@ class ActionModule(ActionBase):
         if refused:
             return dict(result, failed=True, msg=refused)
         args.setdefault("located", {})
+        self.probe = ([], {})
         errors = self.check_config(dict(DEFAULTS, **args), projects)
         if errors:
             return dict(result, failed=True, msg=" ".join(errors), errors=errors)
         result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
+        # For codo_hooks_probe (tasks/probe.yml): one project of each shape it asks about.
+        result["probe_projects"], result["probe_alike"] = self.probe
         return result
 
     def check_config(self, args, projects):
@@ -75,6 +78,7 @@ class ActionModule(ActionBase):
             return ["codo_hooks_projects: a project is not what the role expects ({})".format(error)]
         if errors:
             return errors
+        self.probe = desired.probe_groups(projects, states)
         return desired.check_config_errors(sys.executable, HOOK, states)
 
 

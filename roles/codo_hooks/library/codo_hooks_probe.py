@@ -27,10 +27,20 @@ author:
   - codo-hooks maintainers
 options:
   projects:
-    description: The projects, as C(codo_hooks_projects) takes them; the absent ones are not asked about.
+    description:
+      - The projects, as C(codo_hooks_projects) takes them; the absent ones are not asked about.
+      - The role gives one project of each shape, the C(probe_projects) that C(codo_hooks_projects)
+        returns. The platform's answers depend only on a project's submitter and its rules'
+        templates, host groups, args names and modes, not on its tags or names.
     type: list
     elements: dict
     required: true
+  alike:
+    description:
+      - For a project of I(projects), the paths of the projects of the same shape it stands for; a
+        problem or warning about it names how many projects it concerns, and some of them.
+    type: dict
+    default: {}
   hook:
     description: The installed hook's entry (its first line names the interpreter).
     type: path
@@ -135,6 +145,7 @@ from ansible.module_utils.codo_hooks_core import config, desired, sync  # noqa: 
 
 ARGUMENT_SPEC = dict(
     projects=dict(type="list", elements="dict", required=True),
+    alike=dict(type="dict", default={}),
     hook=dict(type="path", required=True),
     codo=dict(type="dict", required=True),
     settings=dict(type="dict", default={}),
@@ -221,6 +232,18 @@ def sort_lines(lines, path):
     return problems, warnings, summary
 
 
+def for_alike(line, alike):
+    """A line about a project that stands for others of its shape, saying so."""
+    for path, others in alike.items():
+        if others and line.startswith(("projects.{}.".format(path), "projects.{}:".format(path))):
+            shown = ", ".join(str(other) for other in others[:3])
+            more = ", ..." if len(others) > 3 else ""
+            return "{} (the same for {} other project(s) alike: {}{})".format(
+                line, len(others), shown, more
+            )
+    return line
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     params = module.params
@@ -249,6 +272,8 @@ def main():
         )
     rc, lines, path = run_probe(params["hook"], probe, owner, params["timeout_s"])
     problems, warnings, summary = sort_lines(lines, path)
+    problems = [for_alike(line, params["alike"]) for line in problems]
+    warnings = [for_alike(line, params["alike"]) for line in warnings]
     result.update(problems=problems, warnings_found=warnings, summary=summary)
     for warning in warnings:
         module.warn(warning)

@@ -280,6 +280,17 @@ method:
   description: The install method.
   returned: always
   type: str
+probe_projects:
+  description:
+    - Set by the action plugin. One present project of each shape C(codo_hooks_probe) asks the
+      platform about (submitter; each rule's template, host groups, args names and mode).
+  returned: success
+  type: list
+  elements: dict
+probe_alike:
+  description: Set by the action plugin. For each of I(probe_projects) that stands for others, their paths.
+  returned: success
+  type: dict
 diff:
   description: With C(--diff), one before/after entry per config written and per link or directory added, fixed or removed.
   returned: success, in diff mode

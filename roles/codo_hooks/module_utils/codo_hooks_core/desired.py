@@ -177,6 +177,41 @@ def present_config(states):
     return combined([s["config"] for s in states if s["state"] == "present"])
 
 
+def probe_shape(state):
+    """What the platform is asked about a present project (its submitter; for each rule its
+    template, host groups, args names and mode), as one comparable text: projects of one shape
+    get the same answers, whatever their tags, URLs and names."""
+    entry = state["config"]["projects"][state["path"]]
+    rules = [
+        [
+            rule.get("template_id"),
+            sorted(str(group) for group in (rule.get("hosts") or {})),
+            sorted(str(name) for name in (rule.get("args") or {})),
+            rule.get("mode"),
+        ]
+        for rule in entry.get("rules") or []
+        if isinstance(rule, dict)
+    ]
+    return json.dumps([entry.get("submitter"), rules], sort_keys=True, default=str)
+
+
+def probe_groups(projects, states):
+    """(one project of each probe shape, {its path: the paths of the others of its shape}): what
+    codo_hooks_probe asks the platform about, however many projects share a shape."""
+    chosen, alike, first = [], {}, {}
+    for project, state in zip(projects, states):
+        if state["state"] != "present":
+            continue
+        shape = probe_shape(state)
+        if shape in first:
+            alike[first[shape]].append(state["path"])
+            continue
+        first[shape] = state["path"]
+        alike[state["path"]] = []
+        chosen.append(project)
+    return chosen, {path: others for path, others in alike.items() if others}
+
+
 def check_config_errors(python, hook, states):
     """The hook's own check-config over every present project's config, in one run."""
     config = present_config(states)
