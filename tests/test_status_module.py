@@ -95,7 +95,9 @@ def test_a_node_as_the_inventory_gives_it_matches_and_nothing_changes(node):
     assert result["spool"] == dict.fromkeys(
         ("pending", "uncertain", "failed", "inflight", "sent", "ignored"), 0
     )
-    assert result["invocation"]["module_args"]["projects"] == "(2 projects)"
+    # The projects are counted, not echoed back (ansible-core 2.21 leaves invocation out entirely).
+    echoed = result.get("invocation", {}).get("module_args", {}).get("projects", "(2 projects)")
+    assert echoed == "(2 projects)"
     assert snapshot(str(node.tmp)) == before
 
 
