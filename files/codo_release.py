@@ -2788,11 +2788,8 @@ def index_problems(path, raw):
     ]
 
 
-def match_tag(args):
-    if args.replay:
-        return replay_tags(args)
-    if args.tag is None:
-        raise ConfigError("match needs a TAG, or --replay for every tag of the repository")
+def config_and_project(args):
+    """The config --config names and its project --project, or ConfigError naming those it has."""
     config = Config.load(args.config, args.project)
     project = config.project(args.project)
     if project is None:
@@ -2801,6 +2798,15 @@ def match_tag(args):
                 args.project, args.config, ", ".join(sorted(config.projects))
             )
         )
+    return config, project
+
+
+def match_tag(args):
+    if args.replay:
+        return replay_tags(args)
+    if args.tag is None:
+        raise ConfigError("match needs a TAG, or --replay for every tag of the repository")
+    config, project = config_and_project(args)
     old = "1" * 40 if args.moved else "0" * 40
     try:
         with Budget(config.codo["budget_s"]):
@@ -2839,14 +2845,7 @@ def replay_tags(args):
     would submit it, or why not (no rule, an unsafe name, a guard). Sends nothing."""
     if args.tag is not None:
         raise ConfigError("match --replay takes no TAG: it reads every tag of the repository")
-    config = Config.load(args.config, args.project)
-    project = config.project(args.project)
-    if project is None:
-        raise ConfigError(
-            "no project {!r} in {} (it has: {})".format(
-                args.project, args.config, ", ".join(sorted(config.projects))
-            )
-        )
+    config, project = config_and_project(args)
     repo = args.repo or replay_repository(config.path)
     tags = repository_tags(repo)
     # The guards ask git about the tagged commits: in this repository, never one around it.
