@@ -177,9 +177,17 @@ def test_concurrent_flushes_send_each_release_once(site):
     site.fake.start()
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda _: site.flush(), range(4)))
-    assert all(result.returncode == 0 for result in results), [r.stdout for r in results]
-    assert len(site.fake.tasks) == 12
+    # On a loaded machine a flush may run out of its time budget and leave a release pending for
+    # the next run (saying so); it must never send one twice. The timer's next run sends the rest.
+    for result in results:
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        if result.returncode == 1:
+            assert " pending" in result.stdout, result.stdout
+    assert site.flush().returncode == 0
+    names = [task.fields["args"] for task in site.fake.tasks]  # each carries its TAG
+    assert len(names) == 12 and len(set(names)) == 12, names
     assert len(site.spool("sent")) == 12
+    assert site.spool("pending") == [] and site.spool("uncertain") == []
 
 
 def test_flush_sends_with_the_config_as_it_is_now(site):
