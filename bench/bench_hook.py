@@ -56,10 +56,15 @@ def config(url, state_dir):
 
 
 def install(directory):
-    """As the role installs it: both files in one place, bytecode compiled (hooks cannot write it)."""
+    """As the role installs it: the entry and the package in one place, bytecode compiled (hooks
+    cannot write it)."""
     os.makedirs(directory)
-    for name in ("codo_release_hook.py", "codo_release.py"):
-        shutil.copy(os.path.join(ROOT, "files", name), directory)
+    shutil.copy(os.path.join(ROOT, "files", "codo_release_hook.py"), directory)
+    shutil.copytree(
+        os.path.join(ROOT, "files", "codo_release"),
+        os.path.join(directory, "codo_release"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     subprocess.run([PYTHON, "-m", "compileall", "-q", directory], check=True)
     return os.path.join(directory, "codo_release_hook.py")
 

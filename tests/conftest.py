@@ -65,10 +65,20 @@ def base_config(url, state_dir, key_file):
     }
 
 
+# The program's modules as the role names and installs them (codo_release/*.py, no bytecode).
+PROGRAM_MODULES = sorted(
+    "codo_release/" + name
+    for name in os.listdir(os.path.join(FILES, "codo_release"))
+    if name.endswith(".py")
+)
+
+
 def install_program(directory):
-    """What the role does: the entry and its module in one place, the entry's interpreter made absolute."""
+    """What the role does: the entry and its package in one place, the entry's interpreter made absolute."""
     os.makedirs(directory, exist_ok=True)
-    shutil.copy(os.path.join(FILES, "codo_release.py"), directory)
+    os.makedirs(os.path.join(directory, "codo_release"), exist_ok=True)
+    for name in PROGRAM_MODULES:
+        shutil.copy(os.path.join(FILES, name), os.path.join(directory, name))
     entry = os.path.join(directory, "codo_release_hook.py")
     with open(os.path.join(FILES, "codo_release_hook.py"), encoding="utf-8") as source:
         lines = source.read().split("\n", 1)

@@ -14,7 +14,7 @@ import yaml
 from conftest import FILES, ROOT
 
 sys.path.insert(0, FILES)
-import codo_release  # noqa: E402
+from codo_release import metrics  # noqa: E402
 
 RULES = os.path.join(ROOT, "roles", "codo_hooks", "examples", "codo-release-alerts.yml")
 UNIT_TESTS = os.path.join(ROOT, "tests", "alerts", "codo-release-alerts.test.yml")
@@ -33,8 +33,8 @@ KEYWORDS = GROUPING | {"and", "or", "unless", "bool", "offset"}
 DURATION = re.compile(r"\d+[smhdwy]\Z")
 MATCHER = re.compile(r'\s*([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|\Z)')
 LABEL_VALUES = {
-    "outcome": set(codo_release.RELEASE_OUTCOMES),
-    "state": set(codo_release.SPOOL_STATES),
+    "outcome": set(metrics.RELEASE_OUTCOMES),
+    "state": set(metrics.SPOOL_STATES),
 }
 
 
@@ -46,16 +46,16 @@ def rules():
 
 def hook_families():
     """{metric name: its label names}, from the text the hook writes with every family present."""
-    tally = codo_release.new_tally()
+    tally = metrics.new_tally()
     tally["releases"] = {"ops/dbtt": {}}
     figures = {
-        "counts": dict.fromkeys(codo_release.SPOOL_STATES, 0),
+        "counts": dict.fromkeys(metrics.SPOOL_STATES, 0),
         "ignored": 0,
         "oldest": {"pending": None, "uncertain": None},
         "key_expires": 4102444800,
         "config_problems": 0,
     }
-    families = exposition.parse(codo_release.metrics_text(tally, figures))
+    families = exposition.parse(metrics.metrics_text(tally, figures))
     return {
         name: {label for labels in family.labelled() for label in labels}
         for name, family in families.items()

@@ -54,6 +54,19 @@ def test_tags_no_rule_can_match_import_neither_requests_nor_re_nor_json(site):
     assert site.fake.requests == []
 
 
+def test_a_release_push_imports_the_stages_and_none_of_the_timer_or_admin_modules(site):
+    site.link("post-receive")
+    result = run(
+        os.path.join(site.hooks, "post-receive.d", "codo-release"),
+        stdin=new_tag_line("release-dbtt-1") + "\n",
+    )
+    assert result.returncode == 0 and len(site.fake.tasks) == 1, result.stdout
+    modules = imported(result)
+    assert {"codo_release", "codo_release.stages", "codo_release.platform", "codo_release.spool"} <= modules
+    timer_and_admin = {"codo_release." + name for name in ("admin", "flush", "status", "metrics")}
+    assert not modules & timer_and_admin
+
+
 def test_a_tag_with_a_rules_prefix_is_decided_by_the_full_regex(site):
     site.rule(1)["tag"] = r"\Arelease-dbtt-\d+\Z"
     site.write_config()

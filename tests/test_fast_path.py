@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "files"))
 
-from codo_release import literal_prefix, parse_json
+from codo_release.config import literal_prefix, parse_json
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from ansible_module import run_module
+from conftest import PROGRAM_MODULES
 from test_status_module import Node, checkout_program
 
 PROGRAM = "a" * 64
@@ -259,7 +260,12 @@ def play(node, tmp_path, *flags):
     playbook = tmp_path / "status.yml"
     playbook.write_text(PLAYBOOK)
     extra = tmp_path / "extra.json"
-    args = dict(node.args(), install_dir=str(node.install_dir), state_dir=str(node.state_dir))
+    args = dict(
+        node.args(),
+        install_dir=str(node.install_dir),
+        state_dir=str(node.state_dir),
+        modules=PROGRAM_MODULES,
+    )
     extra.write_text(
         json.dumps({"status_args": args, "ansible_python_interpreter": sys.executable})
     )
@@ -308,7 +314,7 @@ def test_the_play_prints_the_table_at_any_verbosity_and_names_a_node_with_anothe
     assert run.returncode == 0, run.stdout + run.stderr
     assert "localhost  files" in run.stdout and digest_short() in run.stdout
     assert "All 1 node(s) match" in run.stdout and "changed=0" in run.stdout
-    module = node.install_dir / "codo_release.py"
+    module = node.install_dir / "codo_release" / "stages.py"
     module.write_text(module.read_text() + "# an older copy\n")
     run = play(node, tmp_path)
     assert run.returncode == 2, run.stdout + run.stderr

@@ -14,6 +14,7 @@ from conftest import AUTH_KEY, FILES, PROJECT, assert_key_nowhere, new_tag_line
 
 sys.path.insert(0, FILES)
 import codo_release  # noqa: E402
+from codo_release import metrics as program_metrics  # noqa: E402
 
 QA = "qa-dbtt-1"  # rule 0: schedule ready
 RELEASE = "release-dbtt-1"  # rule 1: schedule new
@@ -69,7 +70,7 @@ def test_a_submitted_release_is_counted_and_its_time_kept(site, metrics_dir):
     flush(site, metrics_dir)
     families = metrics(metrics_dir)
     assert counted(families) == {"submitted": 1}
-    assert set(releases(families)) == set(codo_release.RELEASE_OUTCOMES)  # each from 0
+    assert set(releases(families)) == set(program_metrics.RELEASE_OUTCOMES)  # each from 0
     (sent,) = site.spool("sent")
     submitted = families["codo_release_last_submission_timestamp_seconds"].value()
     assert abs(submitted - sent["sent_at"]) < 2
@@ -210,16 +211,16 @@ def test_a_hostile_project_name_is_one_escaped_label_value(site, metrics_dir, pr
 
 
 def test_a_label_value_that_is_not_ascii_or_not_even_utf8_stays_one_valid_value():
-    tally = codo_release.new_tally()
+    tally = program_metrics.new_tally()
     tally["releases"] = {"ops/ünï\u202ecode": {"submitted": 1}, "ops/\udcff": {"refused": 2}}
     figures = {
-        "counts": dict.fromkeys(codo_release.SPOOL_STATES, 0),
+        "counts": dict.fromkeys(program_metrics.SPOOL_STATES, 0),
         "ignored": 0,
         "oldest": {"pending": None, "uncertain": None},
         "key_expires": None,
         "config_problems": 0,
     }
-    text = codo_release.metrics_text(tally, figures)
+    text = program_metrics.metrics_text(tally, figures)
     text.encode("utf-8")  # node_exporter refuses a file that is not UTF-8
     families = exposition.parse(text)
     assert counted(families, "ops/ünï\u202ecode") == {"submitted": 1}

@@ -125,3 +125,20 @@ def test_every_module_documents_itself_its_examples_and_what_it_returns(path):
     assert docs["DOCUMENTATION"]["module"] == path.stem
     assert docs["DOCUMENTATION"]["short_description"] and docs["RETURN"]
     assert any(path.stem in task for task in docs["EXAMPLES"])
+
+
+def test_the_role_installs_every_module_of_the_program_and_the_fleet_digests_them_all():
+    package = ROOT / "files" / "codo_release"
+    modules = sorted("codo_release/" + path.name for path in package.glob("*.py"))
+    assert "codo_release/__init__.py" in modules and len(modules) > 1
+    role_vars = yaml.safe_load((ROOT / "roles/codo_hooks/vars/main.yml").read_text(encoding="utf-8"))
+    assert role_vars["_codo_hooks_modules"] == modules
+    assert set(role_vars["_codo_hooks_obsolete"]).isdisjoint(modules)
+    # The role's files/ is what it installs: the package through one link.
+    assert (ROOT / "roles/codo_hooks/files/codo_release").resolve() == package
+    sys.path.insert(0, str(ROOT / "roles/codo_hooks/action_plugins"))
+    try:
+        import codo_hooks_fleet
+    finally:
+        sys.path.pop(0)
+    assert codo_hooks_fleet.program_modules() == modules

@@ -10,7 +10,7 @@ import re
 
 import pytest
 from ansible_module import role_module_utils, run_module
-from conftest import FILES, base_config, install_program
+from conftest import FILES, PROGRAM_MODULES, base_config, install_program
 from test_projects_playbook import hashed, snapshot
 
 role_module_utils()
@@ -20,11 +20,12 @@ PATHS = ("ops/dbtt", "ops/web")
 
 
 def checkout_program():
+    modules = []
+    for name in PROGRAM_MODULES:
+        with open(os.path.join(FILES, name), "rb") as module:
+            modules.append((name, module.read()))
     with open(os.path.join(FILES, "codo_release_hook.py"), "rb") as entry:
-        with open(os.path.join(FILES, "codo_release.py"), "rb") as module:
-            return digest.program(
-                "codo_release_hook.py", entry.read(), [("codo_release.py", module.read())]
-            )
+        return digest.program("codo_release_hook.py", entry.read(), modules)
 
 
 class Node:
@@ -63,7 +64,10 @@ class Node:
 
     def status(self, check=False, **extra):
         args = dict(
-            self.args(**extra), install_dir=str(self.install_dir), state_dir=str(self.state_dir)
+            self.args(**extra),
+            install_dir=str(self.install_dir),
+            state_dir=str(self.state_dir),
+            modules=PROGRAM_MODULES,
         )
         rc, result, stderr = run_module("codo_hooks_status", args, check=check)
         assert rc == 0, (result, stderr)
@@ -136,7 +140,7 @@ def test_the_program_digest_ignores_the_interpreter_line_and_sees_any_other_chan
     _, rest = entry.read_text().split("\n", 1)
     entry.write_text("#!/usr/libexec/platform-python\n" + rest)
     assert node.status()["program"] == checkout_program()
-    module = node.install_dir / "codo_release.py"
+    module = node.install_dir / "codo_release" / "platform.py"
     module.write_text(module.read_text() + "# an older copy\n")
     assert node.status()["program"] != checkout_program()
     module.unlink()
@@ -176,7 +180,7 @@ def test_the_spool_is_counted_and_the_oldest_waiting_age_comes_from_the_entries(
     # Pending and uncertain are waiting to be sent; a failed one waits for a person.
     assert result["oldest_s"] == pytest.approx(result["now"] - 1577836800, abs=5)
     # The hook's own figures: its version; no key expiry, for no entry names a config.
-    source = open(os.path.join(FILES, "codo_release.py"), encoding="utf-8").read()
+    source = open(os.path.join(FILES, "codo_release", "__init__.py"), encoding="utf-8").read()
     assert result["version"] == re.search(r'^VERSION = "([^"]+)"', source, re.M).group(1)
     assert result["key_expires"] is None
 

@@ -23,9 +23,16 @@ if _MODULE_UTILS not in ansible.module_utils.__path__:
 
 from ansible.module_utils.codo_hooks_core import digest, fleet  # noqa: E402
 
-# The program as the role installs it (vars/main.yml: _codo_hooks_entry, _codo_hooks_modules).
+# The program as the role installs it (vars/main.yml: _codo_hooks_entry, _codo_hooks_modules:
+# the package's modules).
 ENTRY = "codo_release_hook.py"
-MODULES = ("codo_release.py",)
+PACKAGE = "codo_release"
+
+
+def program_modules(files=_FILES):
+    """The package's modules as the role names them: codo_release/<module>.py, sorted."""
+    names = os.listdir(os.path.join(files, PACKAGE))
+    return sorted(PACKAGE + "/" + name for name in names if name.endswith(".py"))
 
 
 def checkout_program(files=_FILES):
@@ -34,7 +41,7 @@ def checkout_program(files=_FILES):
         with open(os.path.join(files, ENTRY), "rb") as handle:
             entry = handle.read()
         modules = []
-        for name in MODULES:
+        for name in program_modules(files):
             with open(os.path.join(files, name), "rb") as handle:
                 modules.append((name, handle.read()))
     except OSError:

@@ -51,9 +51,20 @@ options:
         type: str
         required: true
   modules:
-    description: The program's modules, file name to text.
+    description:
+      - The program's modules, path relative to I(install_dir) to text (C(codo_release/config.py)).
+        A directory they name is made (C(root:root) 0755).
+      - In such a directory, a C(.py) file that is not listed (a module a newer version dropped)
+        is removed, with its bytecode.
     type: dict
     default: {}
+  obsolete:
+    description:
+      - Paths relative to I(install_dir) that an older version installed and this one does not (the
+        single-file C(codo_release.py) before the program became a package); removed with their bytecode.
+    type: list
+    elements: str
+    default: []
   key_dir:
     description: The directory of the platform key file.
     type: path
@@ -146,7 +157,9 @@ EXAMPLES = r"""
       name: codo_release_hook.py
       source: "{{ lookup('ansible.builtin.file', 'codo_release_hook.py', rstrip=false) }}"
     modules:
-      codo_release.py: "{{ lookup('ansible.builtin.file', 'codo_release.py', rstrip=false) }}"
+      codo_release/__init__.py: "{{ lookup('ansible.builtin.file', 'codo_release/__init__.py', rstrip=false) }}"
+      codo_release/config.py: "{{ lookup('ansible.builtin.file', 'codo_release/config.py', rstrip=false) }}"
+    obsolete: [codo_release.py]
     key_dir: /etc/codo-release
     state_dir: /var/opt/codo-release
     cron_file: /etc/cron.d/codo-release-flush
@@ -235,16 +248,17 @@ class Node:
             with open(path, "rb") as handle:
                 before = handle.read()
         same_meta = st is not None and (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, mode)
-        if before == data and same_meta:
+        differs = st is None or before != data  # an empty file to write differs from none
+        if not differs and same_meta:
             return False
-        if show and before != data:
+        if show and differs:
             self.diff.append({"before_header": path if st else "(absent)", "after_header": path,
                               "before": before.decode("utf-8", "replace"), "after": text})
         else:
             self.diff.append(entry(path, described(st), dict(path=path, state="file", owner=user, group=group, mode="%04o" % mode)))
-        self.done.append(("wrote " if before != data else "fixed owner/mode of ") + path)
+        self.done.append(("wrote " if differs else "fixed owner/mode of ") + path)
         if not self.check:
-            if before != data:
+            if differs:
                 fd, aside = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".codo-release.")
                 try:
                     with os.fdopen(fd, "wb") as handle:
@@ -291,20 +305,26 @@ class Node:
         st = lstat(path)
         if st is None:
             return False
+        if stat.S_ISDIR(st.st_mode):
+            self.module.fail_json(msg="{} is a directory, where a file was installed: move it away and run again".format(path),
+                                  done=self.done)
         self.diff.append(entry(path, described(st), dict(path=path, state="absent")))
         self.done.append("removed " + path)
         if not self.check:
             os.unlink(path)
         return True
 
-    def compiled(self, python, paths, install_dir):
+    def compiled(self, python, paths):
         """Bytecode by the hook's interpreter, readable by all: compileall says which it compiled."""
         if self.check:
             return
         rc, out, err = self.module.run_command([python, "-m", "compileall", "-q"] + paths)
         if rc != 0:
             self.module.fail_json(msg="{} -m compileall failed: {}".format(python, (err or out).strip()), done=self.done)
-        cache = os.path.join(install_dir, "__pycache__")
+        for cache in sorted(set(os.path.join(os.path.dirname(path), "__pycache__") for path in paths)):
+            self.readable(cache)
+
+    def readable(self, cache):
         for directory, _, names in os.walk(cache):
             for path in [directory] + [os.path.join(directory, n) for n in names]:
                 st = os.lstat(path)
@@ -313,6 +333,28 @@ class Node:
                     os.chown(path, 0, 0)
                     os.chmod(path, mode)
                     self.done.append("made {} readable".format(path))
+
+    def without_bytecode(self, path):
+        """Remove a module and its bytecode for any interpreter."""
+        self.absent(path)
+        cache = os.path.join(os.path.dirname(path), "__pycache__")
+        stem = os.path.splitext(os.path.basename(path))[0] + "."
+        try:
+            names = sorted(os.listdir(cache))
+        except OSError:
+            names = []
+        for name in names:
+            if name.startswith(stem) and name.endswith(".pyc"):
+                self.absent(os.path.join(cache, name))
+
+    def unlisted(self, directory, listed):
+        """The .py files of a program directory that the program no longer has."""
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return []
+        return [os.path.join(directory, name) for name in names
+                if name.endswith(".py") and os.path.join(directory, name) not in listed]
 
     def stale(self, paths):
         """Modules whose bytecode for any interpreter is missing or older than the source."""
@@ -328,6 +370,22 @@ class Node:
             if source is None or not pycs or all(os.lstat(p).st_mtime < source.st_mtime for p in pycs):
                 found.append(path)
         return found
+
+
+def inside(name):
+    """A relative path that stays below the directory it is relative to."""
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and all(part not in ("", ".", "..") for part in parts)
+
+
+def parents(top, path):
+    """The directories between top (excluded) and path (excluded), outermost first."""
+    found = []
+    directory = os.path.dirname(path)
+    while directory != top and directory.startswith(top + os.sep):
+        found.insert(0, directory)
+        directory = os.path.dirname(directory)
+    return found
 
 
 def interpreter_ready(module, python):
@@ -366,6 +424,7 @@ def main():
                 options=dict(name=dict(type="str", required=True), source=dict(type="str", required=True)),
             ),
             modules=dict(type="dict", default={}),
+            obsolete=dict(type="list", elements="str", default=[]),
             key_dir=dict(type="path", required=True),
             auth_key=dict(type="str", default="", no_log=True),
             auth_key_file=dict(type="path"),
@@ -396,15 +455,26 @@ def main():
     rest = source.split("\n", 1)[1] if "\n" in source else ""
     node.file(os.path.join(install_dir, p["entry"]["name"]), "#!" + p["python"] + "\n" + rest, 0o755)
     paths = []
+    for name in sorted(p["modules"]) + sorted(p["obsolete"]):
+        if not inside(name):
+            module.fail_json(msg="{!r} is not a path inside install_dir: name the module relative to it".format(name),
+                             done=node.done)
     for name, text in sorted(p["modules"].items()):
-        path = os.path.join(install_dir, name)
+        path = os.path.join(install_dir, os.path.normpath(name))
+        for directory in parents(install_dir, path):
+            node.directory(directory, "root", "root", 0o755)
         paths.append(path)
         node.file(path, text, 0o644, show=False)
+    for directory in sorted(set(os.path.dirname(path) for path in paths) - {install_dir}):
+        for path in node.unlisted(directory, paths):
+            node.without_bytecode(path)
+    for name in sorted(p["obsolete"]):
+        node.without_bytecode(os.path.join(install_dir, os.path.normpath(name)))
     ready = interpreter_ready(module, p["python"])
     stale = node.stale(paths) if ready else []
     if stale:
         node.done.append("compiled " + ", ".join(stale))
-        node.compiled(p["python"], paths, install_dir)
+        node.compiled(p["python"], paths)
     node.directory(p["key_dir"], "root", p["git_group"], 0o750)
     if p["manage_auth_key"]:
         if not p["auth_key_file"]:

@@ -116,10 +116,10 @@ options:
     type: str
     default: codo_release_hook.py
   modules:
-    description: The program's modules, in I(install_dir).
+    description: The program's modules, paths relative to I(install_dir) (the role's C(_codo_hooks_modules)).
     type: list
     elements: str
-    default: [codo_release.py]
+    required: true
   state_dir:
     description: The hook's spool and log directory.
     type: path
@@ -252,7 +252,7 @@ STATUS_SPEC = dict(
     ARGUMENT_SPEC,
     install_dir=dict(type="path", default="/opt/codo-release"),
     entry=dict(type="str", default="codo_release_hook.py"),
-    modules=dict(type="list", elements="str", default=["codo_release.py"]),
+    modules=dict(type="list", elements="str", required=True),
     state_dir=dict(type="path", default="/var/opt/codo-release"),
 )
 

@@ -1,1 +1,0 @@
-../../../files/codo_release.py
