@@ -248,6 +248,64 @@ def test_without_a_metrics_dir_flush_writes_none_but_keeps_counting(site, metric
     assert counted(metrics(metrics_dir)) == {"submitted": 2}
 
 
+def test_metrics_moved_or_turned_off_leave_no_stale_file_but_a_flush_by_hand_leaves_them(
+    site, metrics_dir, tmp_path
+):
+    first = os.path.join(metrics_dir, "codo_release.prom")
+    push(site, QA)
+    flush(site, metrics_dir)
+    assert os.path.isfile(first)
+    assert site.flush().returncode == 0  # by hand, neither option: the timer's file stays
+    assert os.path.isfile(first)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    flush(site, str(moved))
+    assert not os.path.exists(first) and counted(metrics(str(moved))) == {"submitted": 1}
+    other = moved / "other.prom"  # another exporter's file in the shared directory
+    other.write_text("other 1\n")
+    result = site.flush("--no-metrics")
+    assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr
+    assert os.listdir(str(moved)) == ["other.prom"]
+    flush(site, metrics_dir)  # turned on again: written again, from the kept counters
+    assert counted(metrics(metrics_dir)) == {"submitted": 1}
+
+
+def test_only_a_regular_file_of_the_hooks_own_is_removed_where_the_state_says_it_wrote(
+    site, metrics_dir, tmp_path
+):
+    if os.geteuid() != 0:
+        pytest.skip("planting another user's file needs root")
+    push(site, QA)
+    flush(site, metrics_dir)
+    state_file = os.path.join(site.state_dir, "metrics-state.json")
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir()
+    victim = victim_dir / "codo_release.prom"
+    victim.write_text("not the hook's\n")
+    os.chown(str(victim), 65534, 65534)  # another user's file by that name
+    linked_dir = tmp_path / "linked"
+    linked_dir.mkdir()
+    target = tmp_path / "target"
+    target.write_text("kept\n")
+    os.symlink(str(target), str(linked_dir / "codo_release.prom"))
+    for planted in (str(victim_dir), str(linked_dir), "relative/dir", "/\u0000x"):
+        with open(state_file, encoding="utf-8") as handle:
+            state = json.load(handle)
+        state["metrics_dir"] = planted
+        with open(state_file, "w", encoding="utf-8") as handle:
+            json.dump(state, handle)
+        result = site.flush("--no-metrics")
+        assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr
+    assert victim.read_text() == "not the hook's\n"
+    assert os.path.islink(str(linked_dir / "codo_release.prom")) and target.read_text() == "kept\n"
+
+
+def test_a_metrics_dir_that_is_not_an_absolute_path_is_refused_in_one_line(site):
+    result = site.flush("--metrics-dir", "textfile")
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert "'textfile' is not an absolute path" in result.stderr
+
+
 def test_a_metrics_dir_that_cannot_be_written_is_one_line_and_changes_no_exit_code(site, tmp_path):
     push(site, QA)
     result = flush(site, str(tmp_path / "missing"))

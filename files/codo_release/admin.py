@@ -34,7 +34,7 @@ Admin commands:
   check-config [FILE]                       list every problem in a config
   match --project P TAG [--user U]          show what a push of TAG would send (sends nothing)
   match --project P --replay [--repo R]     which of the repository's tags would be released
-  flush [--include-uncertain] [--include-failed] [--metrics-dir D]
+  flush [--include-uncertain] [--include-failed] [--metrics-dir D | --no-metrics]
                                             send the spooled releases (and write the metrics)
   status [--json]                           what the spool holds
   --version                                 the hook's version
@@ -107,9 +107,17 @@ def admin(argv, default_config):
         action="store_true",
         help="also resend releases that may already be tasks: check the platform first",
     )
-    commands.choices["flush"].add_argument(
+    metrics = commands.choices["flush"].add_mutually_exclusive_group()
+    metrics.add_argument(
         "--metrics-dir",
+        type=absolute_path,
         help="also write codo_release.prom there (node_exporter's textfile collector directory)",
+    )
+    metrics.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="metrics are off: remove the codo_release.prom an earlier flush wrote (the timer's flush "
+        "says one or the other; by hand, neither leaves the metrics as they are)",
     )
     commands.choices["flush"].add_argument(
         "--include-failed",
@@ -131,6 +139,15 @@ def admin(argv, default_config):
     except ConfigError as error:
         say(str(error))
         return EXIT_USAGE
+
+
+def absolute_path(text):
+    """An argument that must be an absolute path (argparse's type)."""
+    import argparse
+
+    if not text.startswith("/") or "\0" in text:
+        raise argparse.ArgumentTypeError(f"{one_line(text)!r} is not an absolute path")
+    return text
 
 
 def check_config(args):

@@ -64,7 +64,7 @@ def flush(args):
         say(
             f"flush: {len(spool.ignored)} file(s) in the spool were not written by the hook and were ignored: run status"
         )
-    record_metrics(spool, args.metrics_dir)
+    record_metrics(spool, "" if args.no_metrics else args.metrics_dir)
     return EXIT_REFUSED if any(left.values()) else EXIT_OK
 
 

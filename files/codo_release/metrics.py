@@ -91,6 +91,7 @@ def new_tally():
         "last_run": None,
         "last_submission": None,
         "last_flush": None,
+        "metrics_dir": None,  # where the last flush that was told wrote codo_release.prom
     }
 
 
@@ -124,6 +125,9 @@ def checked_tally(raw):
     for name in ("last_run", "last_submission", "last_flush"):
         if _is_epoch(raw.get(name)):
             tally[name] = raw[name]
+    where = raw.get("metrics_dir")
+    if isinstance(where, str) and where.startswith("/") and "\0" not in where and len(where) < 4096:
+        tally["metrics_dir"] = where
     return tally
 
 
@@ -240,8 +244,12 @@ def tally_events(tally, lines):
             tally["last_submission"] = max(tally["last_submission"] or 0, when)
 
 
-def update_tally(spool, now):
-    """Fold the log's new lines into the kept tally, under a lock (two flushes may run at once)."""
+def update_tally(spool, now, metrics_dir=None):
+    """Fold the log's new lines into the kept tally, under a lock (two flushes may run at once).
+
+    metrics_dir: where this flush writes the metrics ("" for nowhere; None: not said, as in a
+    flush run by hand). When that is not where the last flush that was told wrote them, the file
+    left there is removed: turned off or moved, the metrics do not go stale in node_exporter."""
     import fcntl
 
     private_dir(spool.state_dir, spool.owners)  # ours, no one else writes it
@@ -256,6 +264,10 @@ def update_tally(spool, now):
         lines, tally["log"] = new_log_lines(spool.state_dir, tally["log"], spool.owners)
         tally_events(tally, lines)
         tally["last_flush"] = now
+        if metrics_dir is not None:
+            if tally["metrics_dir"] and tally["metrics_dir"] != metrics_dir:
+                remove_metrics(tally["metrics_dir"], spool.owners)
+            tally["metrics_dir"] = metrics_dir or None
         save_tally(spool.state_dir, tally)
     finally:
         os.close(fd)
@@ -423,13 +435,28 @@ def write_metrics(directory, text):
         raise
 
 
+def remove_metrics(directory, owners):
+    """Remove the codo_release.prom an earlier flush wrote in `directory`: only a regular file of
+    this user's by that name, never through a link."""
+    import stat
+
+    path = os.path.join(directory, METRICS_FILE)
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_uid in owners:
+        unlink_quietly(path)
+
+
 def record_metrics(spool, metrics_dir):
     """After a flush: the tally brought up to date and, with a metrics directory, the textfile.
-    A failure costs no release: one line says what is wrong."""
+    metrics_dir: None, not said; "", metrics off. A failure costs no release: one line says what
+    is wrong."""
     now = time.time()
     try:
         if os.path.isdir(spool.state_dir):
-            tally = update_tally(spool, now)
+            tally = update_tally(spool, now, metrics_dir)
         else:  # nothing has run here yet (or a typo): nothing to count, nothing made
             tally = dict(new_tally(), last_flush=now)
     except OSError as error:
