@@ -6,10 +6,12 @@
 # machine's pyenv build of 3.6 (PYTHON36, default the newest /root/.pyenv/versions/3.6.*), copied
 # to /opt/python3.6 and linked as /usr/bin/python3.6 and /usr/libexec/platform-python.
 # Skips the build when the hashed tag exists. Exit code 3: no Python 3.6 build on this machine.
-# Needs root, mmdebstrap and a running docker engine.
+# Needs root, mmdebstrap and a running docker engine; shares ../image/lib.sh.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=molecule/image/lib.sh
+. "$here/../image/lib.sh"
 name=codo-hooks-node-py36
 suite=bookworm
 requests_version=2.14.2
@@ -21,41 +23,21 @@ if [ -z "$python36" ] || [ ! -x "$python36/bin/python3.6" ]; then
     exit 3
 fi
 
-hash=$( { cat "$here/build.sh"; "$python36/bin/python3.6" -VV; } | sha256sum | cut -c1-12)
-image="$name:$hash"
-if [ "${FORCE:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
-    docker tag "$image" "$name:test"
-    echo "image $image is up to date (tagged $name:test)"
-    exit 0
-fi
-command -v mmdebstrap >/dev/null || { echo "build.sh: mmdebstrap is not installed" >&2; exit 1; }
+hash=$( { cat "$here/build.sh" "$image_lib"; "$python36/bin/python3.6" -VV; } | sha256sum | cut -c1-12)
+image_ready "$name" "$hash" test && exit 0
+need_tools
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/codo-image-py36.XXXXXX")
 trap 'rm -rf "$workdir"' EXIT
-# This machine's own Debian sources, with its release's name turned into $suite.
-mirrors=()
-host_codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
-for f in /etc/apt/sources.list /etc/apt/sources.list.d/debian.sources; do
-    if [ -n "$host_codename" ] && [ -s "$f" ] && grep -Eq '^[[:space:]]*[^#[:space:]]' "$f"; then
-        sed "s/\b$host_codename\b/$suite/g" "$f" >"$workdir/${f##*/}"
-        mirrors+=("$workdir/${f##*/}")
-    fi
-done
+host_mirrors "$workdir" "$suite"
 start=$(date +%s)
-echo "building $image with mmdebstrap ($suite, minbase, Python 3.6 from $python36) ..."
+echo "building $name:$hash with mmdebstrap ($suite, minbase, Python 3.6 from $python36) ..."
 # requests 2.14.2 vendors its own urllib3, chardet and idna: one pure-Python wheel.
 "$python36/bin/python3.6" -m pip download -q --no-deps -d "$workdir/wheels" "requests==$requests_version"
 
-mmdebstrap \
-    --variant=minbase \
+mmdebstrap "${mmdebstrap_options[@]}" \
     --include="$packages" \
-    --aptopt='Acquire::Check-Valid-Until "false"' \
-    --aptopt='Acquire::Retries "3"' \
-    --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/doc/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' \
     --customize-hook='echo codo-hooks-node-py36 > "$1/etc/hostname"' \
-    --customize-hook='rm -f "$1/etc/machine-id"; touch "$1/etc/machine-id"' \
     --customize-hook="cp -a '$python36' \"\$1/opt/python3.6\"" \
     --customize-hook='rm -rf "$1/opt/python3.6/lib/python3.6/test" "$1/opt/python3.6/lib/python3.6/site-packages/"pip* "$1/opt/python3.6/lib/python3.6/site-packages/"setuptools*' \
     --customize-hook='echo /opt/python3.6/lib > "$1/etc/ld.so.conf.d/python3.6.conf"; chroot "$1" ldconfig' \
@@ -63,18 +45,7 @@ mmdebstrap \
     --customize-hook="cd '$workdir/wheels' && \"$python36/bin/python3.6\" -m zipfile -e requests-$requests_version-*.whl \"\$1/opt/python3.6/lib/python3.6/site-packages/\"" \
     --customize-hook='chroot "$1" /usr/bin/python3.6 -c "import requests, ssl; print(\"python 3.6 in the image: requests\", requests.__version__)"' \
     --customize-hook='! chroot "$1" sh -c "command -v python3"' \
-    --customize-hook='chroot "$1" systemctl mask getty.target console-getty.service systemd-udevd.service systemd-udev-trigger.service systemd-remount-fs.service systemd-firstboot.service sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount systemd-logind.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer >/dev/null 2>&1' \
     "$suite" "$workdir/rootfs.tar" "${mirrors[@]}"
 
-docker import \
-    --change 'CMD ["/sbin/init"]' \
-    --change 'LABEL org.codo.project=codo-hooks' \
-    --change "LABEL org.codo.recipe=$hash" \
-    --change 'ENV container=docker' \
-    --message "codo-hooks node with Python 3.6 only, recipe $hash" \
-    "$workdir/rootfs.tar" "$image" >/dev/null
-docker tag "$image" "$name:test"
-for old in $(docker images "$name" --format '{{.Tag}}'); do
-    case "$old" in "$hash"|test|"<none>") ;; *) docker rmi "$name:$old" >/dev/null 2>&1 || true ;; esac
-done
-echo "built $image (tagged $name:test) in $(( $(date +%s) - start )) s"
+import_image "$workdir/rootfs.tar" "$name" "$hash" test '["/sbin/init"]' "codo-hooks node with Python 3.6 only"
+echo "built $name:$hash (tagged $name:test) in $(( $(date +%s) - start )) s"
