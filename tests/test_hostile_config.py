@@ -44,6 +44,13 @@ BAD_CONFIGS = {
     "task name with a line break": lambda c: c["projects"][PROJECT].update(task_name="a\nb"),
     "state dir relative": lambda c: c.update(state_dir="state"),
     "key file relative": lambda c: c["codo"].update(auth_key_file="auth_key"),
+    # re.compile raises more than re.error: ValueError, OverflowError, RecursionError
+    "tag_name_pattern (?u) under ASCII": lambda c: c.update(tag_name_pattern="(?u)^[a-z0-9-]+$"),
+    "rule tag with the LOCALE flag": lambda c: rules(c)[1].update(tag="(?L)release"),
+    "rule tag repeat too large": lambda c: rules(c)[1].update(tag=r"\Arelease-dbtt\w{99999999999}"),
+    "rule tag nested 2000 deep": lambda c: rules(c)[1].update(
+        tag=r"\Arelease-dbtt" + "(" * 2000 + ")" * 2000
+    ),
 }
 
 
@@ -135,6 +142,15 @@ def test_a_pattern_that_backtracks_cannot_hold_a_push_past_the_budget(site, wher
     assert warned.returncode == 0 and "can backtrack catastrophically" in warned.stdout
     flushed = site.flush()
     assert "Traceback" not in flushed.stdout + flushed.stderr and len(site.spool("pending")) == 1
+
+
+def test_check_config_reads_a_deeply_nested_rule_tag_without_an_internal_error(site):
+    # re compiles it; the look for nested repeats recursed deeper than Python allows
+    rules(site.config)[1]["tag"] = r"\Arelease-dbtt" + "(" * 400 + "a+" + ")" * 400
+    site.write_config()
+    result = site.admin("check-config", site.config_path)
+    assert result.returncode == 0, result.stdout
+    assert "internal error" not in result.stdout
 
 
 def test_match_is_bounded_too(site):

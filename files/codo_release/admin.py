@@ -283,7 +283,10 @@ def nested_repeat(pattern):
         tree = parser.parse(pattern)
     except Exception:  # any error: the structural checks report patterns that do not compile
         return False
-    return _nests(tree, False, parser)
+    try:
+        return _nests(tree, False, parser)
+    except RecursionError:  # groups nested hundreds deep: re takes them, this walk cannot tell
+        return False
 
 
 def _nests(items, inside, parser):

@@ -663,8 +663,10 @@ def _regex_problems(pattern, where, flags):
         return []  # said by the structural checks
     try:
         re.compile(pattern, flags)
-    except re.error as error:
-        return [f"{where} is not a valid regular expression: {error}"]
+    except (re.error, ValueError, OverflowError) as error:  # (?u) under ASCII, a{99999999999}
+        return [f"{where} is not a valid regular expression: {one_line(error, 120)}"]
+    except RecursionError:
+        return [f"{where} is not a valid regular expression: its groups nest too deeply"]
     return []
 
 
