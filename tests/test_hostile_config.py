@@ -51,6 +51,9 @@ BAD_CONFIGS = {
     "rule tag nested 2000 deep": lambda c: rules(c)[1].update(
         tag=r"\Arelease-dbtt" + "(" * 2000 + ")" * 2000
     ),
+    "args a number beside pusher_args": lambda c: rules(c)[1].update(
+        args=5, pusher_args={"PUSHER": "username"}
+    ),
 }
 
 

@@ -579,7 +579,7 @@ def _guard_problems(where, rule):
             )
         elif field not in WHO_FIELDS:
             problems.append(f"{where}.pusher_args.{name} must be one of: {', '.join(WHO_FIELDS)}")
-        elif name in (rule.get("args") or {}):
+        elif isinstance(rule.get("args"), dict) and name in rule["args"]:
             problems.append(f"{where}.pusher_args.{name} is in args too: use one")
     return problems
 
