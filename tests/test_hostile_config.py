@@ -181,3 +181,34 @@ def test_empty_optional_settings_mean_unset_as_older_ansible_renders_null(site):
     site.config["codo"]["auth_key_file"] = ""
     site.write_config()
     assert site.admin("check-config", site.config_path).returncode == 2
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize(
+    "spoil, why",
+    [
+        (lambda path: os.chmod(path, 0o666), "others may write it"),
+        (lambda path: os.chown(path, NOBODY, -1), f"belongs to uid {NOBODY}"),
+        (lambda path: os.link(path, path + ".hardlink"), "other names"),
+        (
+            lambda path: os.rename(path, path + ".real") or os.symlink(path + ".real", path),
+            "symbolic link",
+        ),
+    ],
+    ids=["others may write it", "another user's", "hard link", "symbolic link (flush refuses it)"],
+)
+def test_a_config_another_local_user_could_write_sends_no_key(site, other_platform, spoil, why):
+    # whoever can write the config chooses codo.url: the next release push would hand them the key
+    site.config["codo"]["url"] = other_platform.url
+    site.write_config()
+    spoil(site.config_path)
+    refused = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")])
+    assert refused.returncode == 1 and why in refused.stdout and "check-config" in refused.stdout
+    kept = site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
+    assert why in kept.stdout and "kept in the spool" in kept.stdout
+    assert other_platform.requests == [] and len(site.spool("pending")) == 1
+    checked = site.admin("check-config", site.config_path)
+    assert checked.returncode == 2 and why in checked.stdout
+    assert_key_nowhere(site, refused.stdout, kept.stdout, checked.stdout)
