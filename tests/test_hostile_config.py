@@ -212,3 +212,17 @@ def test_a_config_another_local_user_could_write_sends_no_key(site, other_platfo
     checked = site.admin("check-config", site.config_path)
     assert checked.returncode == 2 and why in checked.stdout
     assert_key_nowhere(site, refused.stdout, kept.stdout, checked.stdout)
+
+
+def test_a_key_given_twice_in_the_config_is_refused_not_silently_the_last(site, other_platform):
+    # a reviewer reads the first "url"; json.loads keeps the last, and the key would go there
+    text = json.dumps(site.config).replace(
+        '"codo": {', '"codo": {"url": "https://codo.example.com", ', 1
+    )
+    write_raw(site, text.replace(f'"url": "{site.fake.url}"', f'"url": "{other_platform.url}"'))
+    checked = site.admin("check-config", site.config_path)
+    assert checked.returncode == 2 and "'url' appears twice in one object" in checked.stdout
+    refused = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")])
+    assert refused.returncode == 1 and "appears twice" in refused.stdout
+    kept = site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
+    assert "kept in the spool" in kept.stdout and other_platform.requests == []
