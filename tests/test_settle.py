@@ -131,3 +131,51 @@ def test_twenty_uncertain_releases_settled_by_three_concurrent_flushes_make_twen
     assert sorted(task.args["TAG"] for task in settling.fake.tasks) == sorted(tags)
     assert len(settling.spool("sent")) == 20 and settling.spool("uncertain") == []
     assert AUTH_KEY not in json.dumps([e for e in settling.log()])
+
+
+def seed_finished_releases(fake, count):
+    """`count` earlier releases of the project, finished: what a platform shows after months of use."""
+    import urllib.request
+
+    for number in range(count):
+        get = urllib.request.Request(
+            fake.url + "/api/task/v2/task/accept/", headers={"Cookie": f"auth_key={AUTH_KEY}"}
+        )
+        with urllib.request.urlopen(get, timeout=5) as reply:
+            csrf = json.loads(reply.read())["csrf_key"]
+        args = {
+            "TAG": f"release-dbtt-old-{number}",
+            "GIT_URL": "git@x:ops/dbtt.git",
+            "APP_NAME": "DBTT",
+        }
+        body = {
+            "task_name": "DBTT",
+            "temp_id": "32",
+            "args": str(args),
+            "details": "git hook auto exec",
+            "hosts": str({1: ",".join(f"118.25.0.{host}" for host in range(10, 30))}),
+            "submitter": "githook",
+            "exec_time": "2019-03-20 10:00:00",
+            "schedule": "new",
+            "executor": "githook",
+        }
+        post = urllib.request.Request(
+            fake.url + "/api/task/v2/task/accept/",
+            data=json.dumps(body).encode(),
+            headers={"Cookie": f"auth_key={AUTH_KEY}; csrf_key={csrf}"},
+        )
+        with urllib.request.urlopen(post, timeout=5) as reply:
+            fake.finish_task(json.loads(reply.read())["list_id"])
+
+
+def test_a_project_with_a_long_history_still_settles(settling):
+    """A page of the task lists (the project's earlier tasks, each row with its 20 hosts) runs over
+    the 64 KiB a task's reply may take, and is still the platform's."""
+    seed_finished_releases(settling.fake, 200)
+    settling.fake.set_fault("status", status=500, method="POST", times=1)
+    push(settling, RELEASE)
+    result = settling.flush()
+    assert f"{RELEASE} settled: the platform has no such task: sent again" in result.stdout, (
+        result.stdout
+    )
+    assert [t.args["TAG"] for t in settling.fake.tasks if t.args["TAG"] == RELEASE] == [RELEASE]

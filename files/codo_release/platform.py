@@ -26,6 +26,11 @@ REPLY_LIMIT = (
 )  # the platform's replies are a few hundred bytes; anything larger is not its reply
 
 
+# A page of a task list (each row carries its hosts, args and users) or a task's steps (each with its
+# command) is larger: a project's 100 latest tasks run to 50 KiB and more.
+READ_LIMIT = 4 * 1024 * 1024
+
+
 CSRF_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
@@ -149,8 +154,8 @@ class Platform:
             return Result(UNCERTAIN, str(error), platform_down=True)
         return self._classify(path, url, status, headers, payload, template_id)
 
-    def _request(self, method, url, budget, body=None, csrf=None):
-        """(status, headers, parsed JSON or None) of one request; the body read up to REPLY_LIMIT.
+    def _request(self, method, url, budget, body=None, csrf=None, limit=REPLY_LIMIT):
+        """(status, headers, parsed JSON or None) of one request; the body read up to `limit`.
 
         Raises Unreachable (no connection made), NotSent (TLS) or, for a POST whose body may have
         left, _MaybeSent."""
@@ -182,7 +187,7 @@ class Platform:
                 raise Unreachable(f"no reply from the platform: {_reason(error)}")
             raise _MaybeSent(f"no reply to the task: {_reason(error)}")
         try:
-            raw = _read_limited(reply)
+            raw = _read_limited(reply, limit)
         except (requests.exceptions.RequestException, ValueError, OSError) as error:
             problem = (
                 f"HTTP {reply.status_code} with a reply that could not be read: {_reason(error)}"
@@ -193,7 +198,7 @@ class Platform:
         finally:
             reply.close()
         if raw is None:
-            problem = f"HTTP {reply.status_code} with a reply over {REPLY_LIMIT // 1024} KiB: not the platform's"
+            problem = f"HTTP {reply.status_code} with a reply over {limit // 1024} KiB: not the platform's"
             if method == "GET":
                 raise NotSent(problem + "; check codo.url", platform_down=True)
             raise _MaybeSent(problem)
@@ -306,7 +311,7 @@ class Platform:
                 task_id = self._search(TASK_LIST_PATH, wanted, budget, 100, None)
                 if task_id is None:
                     task_id = self._search(
-                        TASK_HISTORY_PATH, wanted, budget, 500, posted["task_name"]
+                        TASK_HISTORY_PATH, wanted, budget, 100, posted["task_name"]
                     )
         except BudgetExceeded:
             return "unknown", "the time budget ran out while reading the platform's task lists"
@@ -354,7 +359,7 @@ class Platform:
         try:
             with budget:
                 status, _headers, payload = self._request(
-                    "GET", f"{self.base}{path}?{urlencode(query)}", budget
+                    "GET", f"{self.base}{path}?{urlencode(query)}", budget, limit=READ_LIMIT
                 )
         except BudgetExceeded:
             raise _Unreadable("the time budget ran out while reading the platform")
@@ -533,12 +538,12 @@ def _day_before(exec_time):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp - 86400))
 
 
-def _read_limited(reply):
-    """The reply's body, or None when it is longer than REPLY_LIMIT (not read further)."""
+def _read_limited(reply, limit):
+    """The reply's body, or None when it is longer than `limit` (not read further)."""
     chunks, size = [], 0
     for chunk in reply.iter_content(8192):
         size += len(chunk)
-        if size > REPLY_LIMIT:
+        if size > limit:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
