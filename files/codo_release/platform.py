@@ -391,7 +391,7 @@ class Platform:
         )
         if status != 200 or not isinstance(data, dict):
             return "unknown", f"the platform could not show task {task_id} (HTTP {status})"
-        steps = [step for step in data.get("scheduler_list") or [] if isinstance(step, dict)]
+        steps = _steps_of(data)
         hosts = data.get("hosts_status") if isinstance(data.get("hosts_status"), dict) else {}
         states = [str(step.get("task_status")) for step in steps] + [
             str(value) for value in hosts.values()
@@ -430,7 +430,7 @@ class Platform:
         data = payload.get("data") if isinstance(payload, dict) else None
         if status != 200 or not isinstance(data, dict):
             return []
-        return [step for step in data.get("scheduler_list") or [] if isinstance(step, dict)]
+        return _steps_of(data)
 
     def template_steps(self, template_id, budget):
         """The template's steps ([] when it has none or does not exist), or None if unreadable."""
@@ -536,6 +536,12 @@ def _day_before(exec_time):
     except (ValueError, OverflowError):
         return ""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp - 86400))
+
+
+def _steps_of(data):
+    """The steps a check/ reply shows: its scheduler_list's objects, none when it is not a list."""
+    steps = data.get("scheduler_list")
+    return [step for step in steps if isinstance(step, dict)] if isinstance(steps, list) else []
 
 
 def _read_limited(reply, limit):
