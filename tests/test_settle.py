@@ -133,10 +133,12 @@ def test_twenty_uncertain_releases_settled_by_three_concurrent_flushes_make_twen
     assert AUTH_KEY not in json.dumps([e for e in settling.log()])
 
 
-def seed_finished_releases(fake, count):
-    """`count` earlier releases of the project, finished: what a platform shows after months of use."""
+def seed_releases(fake, count, exec_time="2019-03-20 10:00:00", finish=True):
+    """`count` other releases of the project (finished: what a platform shows after months of use);
+    their list_ids."""
     import urllib.request
 
+    list_ids = []
     for number in range(count):
         get = urllib.request.Request(
             fake.url + "/api/task/v2/task/accept/", headers={"Cookie": f"auth_key={AUTH_KEY}"}
@@ -155,7 +157,7 @@ def seed_finished_releases(fake, count):
             "details": "git hook auto exec",
             "hosts": str({1: ",".join(f"118.25.0.{host}" for host in range(10, 30))}),
             "submitter": "githook",
-            "exec_time": "2019-03-20 10:00:00",
+            "exec_time": exec_time,
             "schedule": "new",
             "executor": "githook",
         }
@@ -165,13 +167,16 @@ def seed_finished_releases(fake, count):
             headers={"Cookie": f"auth_key={AUTH_KEY}; csrf_key={csrf}"},
         )
         with urllib.request.urlopen(post, timeout=5) as reply:
-            fake.finish_task(json.loads(reply.read())["list_id"])
+            list_ids.append(json.loads(reply.read())["list_id"])
+        if finish:
+            fake.finish_task(list_ids[-1])
+    return list_ids
 
 
 def test_a_project_with_a_long_history_still_settles(settling):
     """A page of the task lists (the project's earlier tasks, each row with its 20 hosts) runs over
     the 64 KiB a task's reply may take, and is still the platform's."""
-    seed_finished_releases(settling.fake, 200)
+    seed_releases(settling.fake, 200)
     settling.fake.set_fault("status", status=500, method="POST", times=1)
     push(settling, RELEASE)
     result = settling.flush()
@@ -179,3 +184,24 @@ def test_a_project_with_a_long_history_still_settles(settling):
         result.stdout
     )
     assert [t.args["TAG"] for t in settling.fake.tasks if t.args["TAG"] == RELEASE] == [RELEASE]
+
+
+def test_a_task_moving_up_the_list_while_it_is_read_is_still_found(settling):
+    """list/ is paged, and a task that finishes leaves it, moving every later row up: a task on
+    page 2 when page 1 was read is on page 1 when page 2 is. Read page by page, it is in neither
+    page nor (unfinished) in the history, and would be sent a second time."""
+    ahead = seed_releases(settling.fake, 100, exec_time="2038-01-01 00:00:00", finish=False)
+    settling.fake.set_fault("commit_then_status", status=502, method="POST", times=1)
+    push(settling, RELEASE)
+    (mine,) = [t for t in settling.fake.tasks if t.args["TAG"] == RELEASE]
+    lists = "/api/task/v2/task/list/"
+    settling.fake.add_fault("slow", seconds=0, path=lists, times=1)
+    settling.fake.add_fault("slow", seconds=2, path=lists, times=1)  # the second read waits
+    asked = len(settling.fake.requests)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        flushing = pool.submit(settling.flush)
+        assert settling.fake.wait_for_requests(asked + 2, timeout=30)
+        settling.fake.finish_task(ahead[0])  # while the second read waits
+        result = flushing.result()
+    assert [t.args["TAG"] for t in settling.fake.tasks].count(RELEASE) == 1, result.stdout
+    assert f"{RELEASE} settled: the platform has it as task {mine.list_id}" in result.stdout

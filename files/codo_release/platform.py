@@ -321,10 +321,19 @@ class Platform:
 
     def _search(self, path, wanted, budget, limit, search):
         """The list_id of the wanted task in one of the platform's task lists, or None once the
-        list is read to its end (or past where the task could be)."""
+        list is read to its end (or past where the task could be).
+
+        check_history/ only gains rows, so reading it page by page misses none. list/ loses the
+        rows of tasks that finish, each moving the later ones up: the task on page 2 when page 1
+        was read may be on page 1 when page 2 is. So list/ is read from its start in one reply,
+        twice as many rows each time, each reply one view of the list."""
         oldest = _day_before(wanted[3])
-        for page in range(1, SEARCH_PAGES + 1):
-            query = {"page": page, "limit": limit}
+        unfinished = path == TASK_LIST_PATH
+        for page in range(1, (LIST_READS if unfinished else SEARCH_PAGES) + 1):
+            if unfinished:
+                query = {"page": 1, "limit": limit * 2 ** (page - 1)}
+            else:
+                query = {"page": page, "limit": limit}
             if search:
                 query["search_val"] = search
             rows, count = self._page(path, query, budget)
@@ -336,19 +345,28 @@ class Platform:
                     row.get("start_time"),
                 ) == wanted:
                     return row["list_id"]
-            if page * limit >= count:
+            if query["page"] * query["limit"] >= count:
                 return None
-            # Newest first: past rows older than the task (a day's slack for the two clocks) it cannot be.
-            times = [
-                row.get("start_time" if path == TASK_LIST_PATH else "create_time") for row in rows
-            ]
-            if times and all(
-                isinstance(t, str) and t < (wanted[3] if path == TASK_LIST_PATH else oldest)
-                for t in times
-            ):
+            if unfinished:
+                # Newest start_time first: past a row older than the task, the task cannot be; the
+                # order is checked, as the proof rests on it.
+                times = [row.get("start_time") for row in rows]
+                if (
+                    times
+                    and all(isinstance(t, str) for t in times)
+                    and times == sorted(times, reverse=True)
+                    and times[-1] < wanted[3]
+                ):
+                    return None
+                continue
+            # Newest first: past rows a day older than the task (the two clocks' slack) it cannot be.
+            times = [row.get("create_time") for row in rows]
+            if times and all(isinstance(t, str) and t < oldest for t in times):
                 return None
         raise _Unreadable(
-            f"the platform's task list is longer than {SEARCH_PAGES} pages: not searched to its end"
+            "the platform's task list is longer than {} rows: not searched to its end".format(
+                query["page"] * query["limit"]
+            )
         )
 
     def _read(self, path, query, budget):
@@ -526,7 +544,10 @@ STEP_OUTCOMES = (
 )
 
 
-SEARCH_PAGES = 40
+SEARCH_PAGES = 40  # pages of check_history/
+
+
+LIST_READS = 7  # readings of list/ from its start: 100 rows, then 200, ... 6,400
 
 
 def _day_before(exec_time):
