@@ -579,13 +579,24 @@ class Applier:
 
     def directory(self, path):
         owner = self.plan.owners[path]
-        if lstat(path) is None:
+        created = lstat(path) is None
+        if created:
             os.mkdir(path, self.plan.dir_mode)
-            self.done.append("created " + path)
-        else:
-            self.done.append("fixed owner/mode of " + path)
-        os.chown(path, owner.uid, owner.gid)
-        os.chmod(path, self.plan.dir_mode)
+        # Through the directory itself, never a link: the git user owns the directory above and
+        # may have put a link in its place since the plan looked (chown would follow it).
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            raise Refused(
+                "{} is no longer a directory (replaced while the role ran): not followed; look at "
+                "what is there now and run again".format(path)
+            ) from None
+        try:
+            os.fchown(fd, owner.uid, owner.gid)
+            os.fchmod(fd, self.plan.dir_mode)
+        finally:
+            os.close(fd)
+        self.done.append(("created " if created else "fixed owner/mode of ") + path)
 
     def link(self, path):
         owner = self.plan.owners[path]
