@@ -12,6 +12,7 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 from ansible_module import role_module_utils
 from fakes.fake_gitlab import FakeGitLab
+from fakes.redirector import Elsewhere, Redirector
 
 role_module_utils()
 from ansible.module_utils.codo_hooks_core import gitlab as gitlab_lookup
@@ -100,3 +101,19 @@ def test_an_unreachable_gitlab_is_said_once():
     (error,) = out["errors"]
     assert error.startswith("cannot reach GitLab at " + url)
     assert TOKEN not in raw + err
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_redirect_to_another_host_is_refused_and_the_token_never_follows(code):
+    elsewhere = Elsewhere(body={"disk_path": "@hashed/ab/cd/elsewhere"}).start()
+    redirector = Redirector(elsewhere.url, code=code).start()
+    try:
+        _, _, out, raw, err = lookup(redirector.url, TOKEN, ["ops/dbtt"])
+    finally:
+        redirector.stop()
+        elsewhere.stop()
+    assert not any(TOKEN in str(headers) for headers in elsewhere.headers)
+    assert out["located"] == {}
+    (error,) = out["errors"]
+    assert "redirect" in error and elsewhere.url in error and "codo_hooks_gitlab_api_url" in error
+    assert "\n" not in error and TOKEN not in raw + err

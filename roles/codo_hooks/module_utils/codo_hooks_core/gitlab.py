@@ -12,6 +12,8 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible.module_utils.codo_hooks_core.config import CONTROL
+
 TIMEOUT_S = 15
 PARALLEL = 8
 REFUSALS = {
@@ -22,12 +24,22 @@ REFUSALS = {
 }
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, never followed: urllib would send the token to wherever it points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
 class Lookup:
     def __init__(self, url, token, validate_certs):
         self.url = url.rstrip("/")
         self.base = self.url + "/api/v4/projects/"
         self.token = token
-        self.context = None if validate_certs else ssl._create_unverified_context()
+        context = None if validate_certs else ssl._create_unverified_context()
+        self.opener = urllib.request.build_opener(
+            NoRedirect, urllib.request.HTTPSHandler(context=context)
+        )
 
     def storage(self, path):
         """(path, {"disk_path", "repository_storage"} or None, error line or None)."""
@@ -36,9 +48,11 @@ class Lookup:
             headers={"PRIVATE-TOKEN": self.token, "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self.context) as reply:
+            with self.opener.open(request, timeout=TIMEOUT_S) as reply:
                 body = json.loads(reply.read().decode("utf-8"))
         except urllib.error.HTTPError as error:
+            if 300 <= error.code < 400:
+                return path, None, self.redirected(error)
             return path, None, self.refusal(path, error.code)
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
@@ -52,6 +66,15 @@ class Lookup:
             "repository_storage": body.get("repository_storage") or None,
         }
         return path, located, None
+
+    def redirected(self, error):
+        location = CONTROL.sub("?", str(error.headers.get("Location") or "nowhere"))
+        return (
+            "GitLab's API at {} answered a redirect ({} to {}), which the role does not follow with "
+            "the token: set codo_hooks_gitlab_api_url to GitLab's own URL".format(
+                self.url, error.code, location
+            )
+        )
 
     @staticmethod
     def refusal(path, status):
