@@ -143,12 +143,18 @@ class GitLab:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body)
         try:
-            reply = open_url(url, method=method, headers=headers, data=data, **self.options)
+            # A redirect is never followed: the token would go with it to wherever it points.
+            reply = open_url(
+                url, method=method, headers=headers, data=data, follow_redirects="none", **self.options
+            )
             status, text, got = reply.getcode(), reply.read(), reply.headers
         except HTTPError as error:
             status, text, got = error.code, error.read(), error.headers
         except Exception as error:  # unreachable, TLS: one line
             return None, str(error), {}
+        if 300 <= status < 400:
+            return None, "a redirect ({} to {}), not followed with the token: set codo_executor_gitlab_url " \
+                "to GitLab's own URL".format(status, " ".join(str(got.get("Location") or "nowhere").split())), {}
         try:
             parsed = json.loads(text) if text else None
         except ValueError:
@@ -159,7 +165,7 @@ class GitLab:
 def said(status, body):
     if isinstance(body, dict):
         return "{} {}".format(status, json.dumps(body.get("message") or body.get("error") or ""))
-    return "{} {}".format(status, body if status is None else "")
+    return str(body) if status is None else "{} ".format(status)
 
 
 def key_text(key):

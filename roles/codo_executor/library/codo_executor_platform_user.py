@@ -148,12 +148,19 @@ class Platform:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body)
         try:
-            reply = open_url(self.url, method=method, headers=headers, data=data, **self.options)
+            # A redirect is never followed: the auth_key cookie would go with it to wherever it points.
+            reply = open_url(
+                self.url, method=method, headers=headers, data=data, follow_redirects="none", **self.options
+            )
             status, text, got = reply.getcode(), reply.read(), reply.headers
         except HTTPError as error:
             status, text, got = error.code, error.read(), error.headers
         except Exception as error:  # unreachable, TLS
             return None, {"msg": str(error)}, None
+        if 300 <= status < 400:
+            where = " ".join(str(got.get("Location") or "nowhere").split())
+            return status, {"msg": "a redirect to {}, not followed with the auth_key: set codo_executor_codo_url "
+                            "to the platform's own URL".format(where)}, None
         try:
             parsed = json.loads(text) if text else None
         except ValueError:
