@@ -117,3 +117,25 @@ def test_a_redirect_to_another_host_is_refused_and_the_token_never_follows(code)
     (error,) = out["errors"]
     assert "redirect" in error and elsewhere.url in error and "codo_hooks_gitlab_api_url" in error
     assert "\n" not in error and TOKEN not in raw + err
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("disk_path", "/etc/cron"),
+        ("disk_path", "../../../../etc/cron"),
+        ("disk_path", "@hashed/6b/../../../../root/x"),
+        ("disk_path", "ops/dbtt\n/etc"),
+        ("disk_path", 7),
+        ("disk_path", ["@hashed/6b"]),
+        ("repository_storage", {"name": "default"}),
+        ("repository_storage", "default\x00"),
+    ],
+)
+def test_a_storage_reply_outside_the_storage_or_not_text_is_refused_in_one_line(gitlab, field, value):
+    gitlab.state.storages[1][field] = value
+    _, rc, out, raw, err = lookup(gitlab.url, TOKEN, ["ops/dbtt", "ops/legacy"])
+    assert "ops/dbtt" not in out["located"] and "ops/legacy" in out["located"]
+    (error,) = out["errors"]
+    assert "ops/dbtt" in error and field in error and "\n" not in error
+    assert TOKEN not in raw + err

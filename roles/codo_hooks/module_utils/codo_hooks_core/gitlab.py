@@ -61,11 +61,16 @@ class Lookup:
             return path, None, "GitLab's storage reply for {} is not JSON".format(path)
         if not isinstance(body, dict) or not body.get("disk_path"):
             return path, None, "GitLab's storage reply for {} has no disk_path".format(path)
-        located = {
-            "disk_path": body["disk_path"],
-            "repository_storage": body.get("repository_storage") or None,
-        }
-        return path, located, None
+        disk_path, storage = body["disk_path"], body.get("repository_storage") or None
+        why, field = outside(disk_path), "disk_path"
+        if not why and storage is not None:
+            why, field = bad_name(storage), "repository_storage"
+        if why:
+            return path, None, (
+                "GitLab's storage reply for {} has a {} that {}: not used; give the project's id "
+                "or disk_path in the inventory".format(path, field, why)
+            )
+        return path, {"disk_path": disk_path, "repository_storage": storage}, None
 
     def redirected(self, error):
         location = CONTROL.sub("?", str(error.headers.get("Location") or "nowhere"))
@@ -83,6 +88,25 @@ class Lookup:
         if status == 404:
             return "GitLab has no project {} (404): check its path, or give its id".format(path)
         return "GitLab answered {} for project {}".format(status, path)
+
+
+def bad_name(value):
+    """Why a name from GitLab's reply is refused, or None."""
+    if not isinstance(value, str) or not value:
+        return "is not text"
+    if CONTROL.search(value):
+        return "has a control character"
+    return None
+
+
+def outside(disk_path):
+    """Why a disk_path from GitLab's reply is not a path below its storage, or None."""
+    why = bad_name(disk_path)
+    if why:
+        return why
+    if disk_path.startswith("/") or any(part in ("", ".", "..") for part in disk_path.split("/")):
+        return "leads outside the storage"
+    return None
 
 
 def locate(url, token, validate_certs, projects):
