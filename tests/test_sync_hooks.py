@@ -763,3 +763,15 @@ def test_a_chain_directory_swapped_for_a_link_during_check_config_is_never_chown
     assert rc == 1 and "Traceback" not in stderr, stderr
     assert chain in report["msg"] and "\n" not in report["msg"], report["msg"]
     assert "no longer a directory" in report["msg"]
+
+
+def test_gitaly_a_fifo_the_git_user_left_in_custom_hooks_stops_apply_in_one_line(node):
+    web = node.repo(1)
+    node.own_hook(web)
+    fifo = os.path.join(web, "custom_hooks", "pipe")
+    os.mkfifo(fifo)
+    os.chown(fifo, node.uid, node.gid)
+    rc, report, stderr = run_sync("apply", node.want("gitaly", [node.project("ops/web", 1)]))
+    assert rc == 1 and "Traceback" not in stderr, stderr
+    assert "ops/web" in report["msg"] and fifo in report["msg"] and "\n" not in report["msg"], report["msg"]
+    assert "named pipe" in report["msg"] and node.calls() == []

@@ -34,7 +34,7 @@ import stat
 import subprocess
 import tempfile
 
-from ansible.module_utils.codo_hooks_core.config import combined, config_text
+from ansible.module_utils.codo_hooks_core.config import CONTROL, combined, config_text
 
 SERVER_WIDE = "(server-wide)"
 GITALY_TIMEOUT_S = 300
@@ -662,7 +662,16 @@ class GitalySender:
         with tempfile.TemporaryDirectory(prefix="codo-release-") as work:
             staged = os.path.join(work, "custom_hooks")
             if kind(lstat(target.hooks_dir)) == "directory":
-                shutil.copytree(target.hooks_dir, staged, symlinks=True)
+                try:
+                    shutil.copytree(target.hooks_dir, staged, symlinks=True)
+                except OSError as error:  # shutil.Error too: a named pipe, a socket, unreadable
+                    why = error.args[0][0][2] if isinstance(error, shutil.Error) else error
+                    raise Refused(
+                        "cannot copy {}'s custom_hooks to send it ({}): not sent; move away what "
+                        "is not a file, directory or link and run again".format(
+                            target.path, CONTROL.sub("?", str(why))
+                        )
+                    ) from None
             Applier(Plan(self.node.want).add(target.moved(staged, work))).run()
             archive = self.archive(work, target)
             self.hooks_set(target, archive)
