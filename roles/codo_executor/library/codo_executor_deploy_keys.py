@@ -168,6 +168,16 @@ def said(status, body):
     return str(body) if status is None else "{} ".format(status)
 
 
+def documented(key):
+    """An entry of GitLab's deploy key list as its API documents it (the id goes into a URL)."""
+    return (
+        isinstance(key, dict)
+        and type(key.get("id")) is int
+        and isinstance(key.get("key"), str)
+        and isinstance(key.get("title"), str)
+    )
+
+
 def key_text(key):
     return " ".join((key or "").split()[:2])
 
@@ -231,6 +241,9 @@ def main():
         status, listed, headers = gitlab.call("GET", gitlab.url(project) + "?per_page=100")
         if status != 200 or not isinstance(listed, list):
             errors.append("{} ({})".format(project["path"], said(status, listed)))
+        elif not all(documented(key) for key in listed):
+            errors.append("{} (a list whose entries are not deploy keys with an integer id, a key and a "
+                          "title: is codo_executor_gitlab_url GitLab?)".format(project["path"]))
         elif headers.get("X-Next-Page"):
             errors.append("{} (more than 100 deploy keys: not paged through)".format(project["path"]))
         else:

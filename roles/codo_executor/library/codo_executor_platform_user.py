@@ -182,6 +182,15 @@ def message(body):
     return (body or {}).get("msg", "") if isinstance(body, dict) else ""
 
 
+def documented(user):
+    """An execution user as the platform lists it: an integer id, the other fields text (or null)."""
+    return (
+        isinstance(user, dict)
+        and type(user.get("id")) is int
+        and all(isinstance(user.get(k), (str, type(None))) for k in ("alias_user", "exec_user", "user_key", "remarks"))
+    )
+
+
 def record_of(body, alias):
     data = (body or {}).get("data") or [] if isinstance(body, dict) else []
     return next((r for r in data if r.get("alias_user") == alias), None)
@@ -225,6 +234,11 @@ def main():
             "service is older than task_layout.",
         }.get(status, "")
         module.fail_json(msg="GET {} answered {} ({}).{}".format(p["url"], status, message(listed), hint))
+    data = listed.get("data") or []
+    if not isinstance(data, list) or not all(documented(user) for user in data):
+        module.fail_json(msg="GET {} answered code 0, but its data is not a list of execution users (each "
+                         "with an integer id and text fields): is codo_executor_codo_url the platform's "
+                         "gateway?".format(p["url"]))
     record = record_of(listed, p["alias"])
     rotates = bool(present and record is not None and (record.get("user_key") or "").strip() != key)
     if not present:
