@@ -72,6 +72,22 @@ def test_an_unknown_template_after_a_500_fails_naming_the_template(settling):
     assert settling.fake.tasks == []
 
 
+def test_a_template_lookup_answered_with_an_error_code_is_not_taken_for_no_template(settling):
+    settling.fake.set_fault("status", status=500, method="POST", times=1)
+    push(settling, RELEASE)
+    assert settling.fake.tasks == [] and len(settling.spool("uncertain")) == 1
+    settling.fake.set_fault(
+        "status",
+        status=200,
+        body='{"code": -1, "msg": "busy", "data": []}',
+        method="GET",
+        path="/api/task/v2/task_layout/temp/",
+    )
+    result = settling.flush()
+    assert "no template" not in result.stdout and settling.spool("failed") == []
+    assert [task.args["TAG"] for task in settling.fake.tasks] == [RELEASE]
+
+
 def test_a_key_that_cannot_see_its_tasks_leaves_the_release_uncertain_and_says_why(site):
     site.serve_key(make_auth_key(username="ops-bot", nickname="Ops Bot"), settle_after_s=0.01)
     site.fake.set_fault("status", status=500, method="POST", times=1)

@@ -476,9 +476,11 @@ class Platform:
         if (
             status != 200
             or not isinstance(payload, dict)
+            or type(payload.get("code")) is not int
+            or payload["code"] != 0
             or not isinstance(payload.get("data"), list)
         ):
-            return None
+            return None  # an error reply says nothing of the template: not "there is none"
         return bool(payload["data"])
 
     def _timeouts(self, budget):
