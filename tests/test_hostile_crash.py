@@ -90,12 +90,18 @@ def test_an_error_mid_send_keeps_the_release_pending_and_never_shows_the_key(sit
     assert [task.args["TAG"] for task in site.fake.tasks] == [RELEASE]
 
 
-def test_an_admin_command_that_fails_says_one_line(site):
+@pytest.mark.parametrize("given", [["--state-dir", "{}"], ["--state-dir={}"]])
+def test_an_admin_command_that_fails_says_one_line_and_logs_in_the_state_dir_it_was_given(
+    site, given
+):
     sabotage(site, "status", 'KeyError("x")')
-    result = site.admin("status", "--state-dir", site.state_dir)
+    result = site.admin("status", *[arg.format(site.state_dir) for arg in given])
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
-    assert "internal error" in the_one_line(result.stdout)
+    line = the_one_line(result.stdout)
+    assert "internal error" in line and os.path.join(site.state_dir, "hook.log") in line
+    (event,) = internal_errors(site)
+    assert event["error_id"] in line and "KeyError" in event["traceback"]
 
 
 @pytest.mark.parametrize("missing", ["codo_release", "codo_release/platform.py"])

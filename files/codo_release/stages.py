@@ -495,12 +495,14 @@ def template_of(config, rule):
     return rule.settings["template_id"] if config.codo["api"] == "task_accept" else None
 
 
-def unexpected_error(stage, push, config_path):
-    """Any error of the hook's own: one line with an id that finds the traceback in the log, never the traceback."""
+def unexpected_error(stage, push, config_path, state_dir=None):
+    """Any error of the hook's own: one line with an id that finds the traceback in the log, never the
+    traceback. The log is the state_dir given (an admin command's --state-dir), else the config's."""
     import traceback
 
     error_id = os.urandom(4).hex()
-    state_dir = _state_dir_of_broken(config_path) if config_path else TOP_DEFAULTS["state_dir"]
+    if state_dir is None:
+        state_dir = _state_dir_of_broken(config_path) if config_path else TOP_DEFAULTS["state_dir"]
     try:  # whatever put the key into the error's text, the log masks it: know the key to mask
         read_auth_key(with_defaults(read_config(config_path).get("codo") or {}, CODO_DEFAULTS))
     except Exception:
