@@ -83,6 +83,26 @@ def read_text(path):
         return None
 
 
+def read_own_text(path):
+    """A file in a project's custom_hooks, which the git user can change between our lstat and
+    open: opened without following a link (nor blocking on a FIFO), read only if regular."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            fd = None
+            return handle.read()
+    except (OSError, ValueError):
+        return None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 TOML_TABLE = re.compile(r"^\s*(\[\[?)\s*([\w.-]+)\s*\]\]?\s*(#.*)?$")
 TOML_STRING = re.compile(r"""^\s*([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(#.*)?$""")
 
@@ -403,7 +423,7 @@ class Plan:
         if st is not None and kind(st) != "file":
             self.conflict(target, path, kind(st), "file")
             return
-        before = "" if st is None else (read_text(path) or "")
+        before = "" if st is None else (read_own_text(path) or "")
         if (
             st is None
             or not says_the_same(before, wanted)
@@ -467,7 +487,7 @@ class Plan:
                 entries.append(entry(config["dest"], described(config["dest"]), after))
         for path in self.remove_files:
             if path.endswith(".json") and kind(lstat(path)) == "file":
-                text = read_text(path) or ""
+                text = read_own_text(path) or ""
                 entries.append(
                     {"before_header": path, "after_header": "(absent)", "before": text, "after": ""}
                 )
