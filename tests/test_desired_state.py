@@ -101,6 +101,10 @@ def test_in_a_cluster_the_replica_path_is_used_and_required():
     assert errors == [] and projects["ops/dbtt"]["repo"] == "@cluster/repositories/6f/96/22"
     _, errors = render([project("ops/dbtt", id=1)], cluster=True)
     assert len(errors) == 1 and "replica_path" in errors[0] and "ops/dbtt" in errors[0]
+    _, errors = render(
+        [project("ops/dbtt", id=1, replica_path="@cluster/../../../../etc/cron")], cluster=True
+    )
+    assert errors == ["replica_path may not contain '..': ops/dbtt (@cluster/../../../../etc/cron)"]
 
 
 def test_each_config_holds_only_its_own_project_with_the_role_defaults():

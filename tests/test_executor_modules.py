@@ -9,6 +9,7 @@ import pytest
 from ansible_module import run_module
 from fakes.fake_codo import FakeCodo
 from fakes.fake_gitlab import FakeGitLab
+from fakes.redirector import Elsewhere, Redirector
 
 TOKEN = "glpat-admin-" + secrets.token_hex(8)
 TITLE = "codo-deploy@web-01"
@@ -120,3 +121,72 @@ def test_state_absent_deletes_the_execution_user(codo):
     assert codo.exec_users == []
     rc, result, _ = platform_user(codo, state="absent")
     assert rc == 0 and result["changed"] is False
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_redirect_from_gitlab_is_refused_and_the_token_never_follows(code):
+    elsewhere = Elsewhere(body=[]).start()
+    redirector = Redirector(elsewhere.url, code=code).start()
+    args = {"api_url": redirector.url + "/api/v4", "token": TOKEN, "title": TITLE, "key": public_key(),
+            "projects": [{"path": "ops/dbtt", "id": 1}]}
+    try:
+        rc, result, stderr = run_module("codo_executor_deploy_keys", args, role="codo_executor")
+    finally:
+        redirector.stop()
+        elsewhere.stop()
+    assert not any(TOKEN in str(headers) for headers in elsewhere.headers)
+    assert rc == 1 and "redirect" in result["msg"] and elsewhere.url in result["msg"]
+    assert "codo_executor_gitlab_url" in result["msg"] and "\n" not in result["msg"]
+    assert TOKEN not in str(result) + stderr
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_redirect_from_the_platform_is_refused_and_the_auth_key_never_follows(codo, code):
+    elsewhere = Elsewhere(body={"code": 0, "msg": "", "data": []}).start()
+    redirector = Redirector(elsewhere.url, code=code).start()
+    try:
+        rc, result, stderr = platform_user(codo, url=redirector.url + "/api/task/v2/task_layout/user/")
+    finally:
+        redirector.stop()
+        elsewhere.stop()
+    assert not any(codo.auth_key in str(headers) for headers in elsewhere.headers)
+    assert rc == 1 and "redirect" in result["msg"] and elsewhere.url in result["msg"]
+    assert "codo_executor_codo_url" in result["msg"] and "\n" not in result["msg"]
+    assert codo.auth_key not in str(result) + stderr
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [["x"], [{"id": "1/../../../../projects/2", "key": "ssh-ed25519 AAAA", "title": TITLE}],
+     [{"id": 1, "key": 5, "title": TITLE}], [{"title": TITLE}]],
+)
+def test_a_deploy_key_list_gitlab_does_not_document_is_refused_in_one_line(listed):
+    elsewhere = Elsewhere(body=listed).start()
+    args = {"api_url": elsewhere.url + "/api/v4", "token": TOKEN, "title": TITLE, "key": public_key(),
+            "projects": [{"path": "ops/dbtt", "id": 1}]}
+    try:
+        rc, result, stderr = run_module("codo_executor_deploy_keys", args, role="codo_executor")
+    finally:
+        elsewhere.stop()
+    assert rc == 1 and "Traceback" not in stderr, stderr
+    assert "ops/dbtt" in result["msg"] and "\n" not in result["msg"]
+    assert len(elsewhere.headers) == 1  # the list only, nothing sent
+    assert TOKEN not in str(result) + stderr
+
+
+@pytest.mark.parametrize(
+    "data",
+    [["x"], [{"alias_user": "codo-executor", "user_key": 5, "id": 1}],
+     [{"alias_user": "codo-executor", "user_key": "old", "id": "1; drop"}], {"alias_user": "codo-executor"}],
+)
+def test_an_execution_user_list_the_platform_does_not_document_is_refused_in_one_line(data):
+    elsewhere = Elsewhere(body={"code": 0, "msg": "", "data": data}).start()
+    args = {"url": elsewhere.url + "/api/task/v2/task_layout/user/", "auth_key": "not-the-key",
+            "alias": "codo-executor", "exec_user": "codo", "user_key": "new"}
+    try:
+        rc, result, stderr = run_module("codo_executor_platform_user", args, role="codo_executor")
+    finally:
+        elsewhere.stop()
+    assert rc == 1 and "Traceback" not in stderr, stderr
+    assert "execution users" in result["msg"] and "\n" not in result["msg"]
+    assert len(elsewhere.headers) == 1  # the list only, nothing sent

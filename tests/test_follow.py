@@ -1,5 +1,7 @@
 """Each submitted task followed by the flush timer until it deploys, fails or is stuck."""
 
+import json
+
 import pytest
 from conftest import assert_key_nowhere, new_tag_line
 
@@ -11,6 +13,9 @@ def submit(site, tag):
     result = site.run_hook("post-receive", [new_tag_line(tag)])
     assert "submitted as task" in result.stdout, result.stdout
     return site.fake.tasks[-1]
+
+
+CHECK = "/api/task/v2/task/check/"
 
 
 def checks(site):
@@ -94,3 +99,36 @@ def test_a_platform_that_cannot_show_the_task_changes_nothing(site, status):
     site.fake.clear_faults()
     site.fake.finish_task(task.list_id)
     assert "deployed" in site.flush().stdout
+
+
+ODD = {"schedule": "start", "scheduler_list": 1, "hosts_status": {}}
+TROUBLED = {"schedule": "start", "scheduler_list": [], "hosts_status": {"118.25.0.10": "4"}}
+
+
+@pytest.mark.parametrize(
+    "replies, follow",
+    [
+        ([ODD], "running"),
+        ([dict(ODD, scheduler_list=True, hosts_status={"118.25.0.10": "2"})], "running"),
+        ([TROUBLED, dict(TROUBLED, scheduler_list=7)], "failed"),  # the host's steps asked for
+    ],
+)
+def test_a_task_shown_in_an_odd_shape_changes_nothing_and_the_flush_goes_on(site, replies, follow):
+    """check/ answering steps that are not a list: what it cannot tell stays unknown; the release
+    stays sent (not uncertain, never resendable) and the spooled release behind it is sent."""
+    task = submit(site, QA)
+    site.fake.set_fault("status", status=503, method="POST")
+    kept = site.run_hook("post-receive", [new_tag_line("qa-dbtt-2")])
+    assert "spooled" in kept.stdout, kept.stdout
+    site.fake.clear_faults()
+    for data in replies:
+        body = json.dumps({"code": 0, "data": data})
+        site.fake.add_fault("status", status=200, body=body, path=CHECK, times=1)
+    result = site.flush()
+    assert "internal error" not in result.stdout + result.stderr
+    assert "qa-dbtt-2 submitted as task" in result.stdout
+    site.fake.clear_faults()
+    site.flush()
+    assert site.spool("uncertain") == [] and site.spool("inflight") == []
+    first = next(e for e in site.spool("sent") if e["tag"] == QA)
+    assert first["task_id"] == task.list_id and first.get("follow") == follow

@@ -12,6 +12,7 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 from ansible_module import role_module_utils
 from fakes.fake_gitlab import FakeGitLab
+from fakes.redirector import Elsewhere, Redirector
 
 role_module_utils()
 from ansible.module_utils.codo_hooks_core import gitlab as gitlab_lookup
@@ -99,4 +100,42 @@ def test_an_unreachable_gitlab_is_said_once():
     assert rc == 0 and out["located"] == {}
     (error,) = out["errors"]
     assert error.startswith("cannot reach GitLab at " + url)
+    assert TOKEN not in raw + err
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_redirect_to_another_host_is_refused_and_the_token_never_follows(code):
+    elsewhere = Elsewhere(body={"disk_path": "@hashed/ab/cd/elsewhere"}).start()
+    redirector = Redirector(elsewhere.url, code=code).start()
+    try:
+        _, _, out, raw, err = lookup(redirector.url, TOKEN, ["ops/dbtt"])
+    finally:
+        redirector.stop()
+        elsewhere.stop()
+    assert not any(TOKEN in str(headers) for headers in elsewhere.headers)
+    assert out["located"] == {}
+    (error,) = out["errors"]
+    assert "redirect" in error and elsewhere.url in error and "codo_hooks_gitlab_api_url" in error
+    assert "\n" not in error and TOKEN not in raw + err
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("disk_path", "/etc/cron"),
+        ("disk_path", "../../../../etc/cron"),
+        ("disk_path", "@hashed/6b/../../../../root/x"),
+        ("disk_path", "ops/dbtt\n/etc"),
+        ("disk_path", 7),
+        ("disk_path", ["@hashed/6b"]),
+        ("repository_storage", {"name": "default"}),
+        ("repository_storage", "default\x00"),
+    ],
+)
+def test_a_storage_reply_outside_the_storage_or_not_text_is_refused_in_one_line(gitlab, field, value):
+    gitlab.state.storages[1][field] = value
+    _, rc, out, raw, err = lookup(gitlab.url, TOKEN, ["ops/dbtt", "ops/legacy"])
+    assert "ops/dbtt" not in out["located"] and "ops/legacy" in out["located"]
+    (error,) = out["errors"]
+    assert "ops/dbtt" in error and field in error and "\n" not in error
     assert TOKEN not in raw + err

@@ -44,6 +44,16 @@ BAD_CONFIGS = {
     "task name with a line break": lambda c: c["projects"][PROJECT].update(task_name="a\nb"),
     "state dir relative": lambda c: c.update(state_dir="state"),
     "key file relative": lambda c: c["codo"].update(auth_key_file="auth_key"),
+    # re.compile raises more than re.error: ValueError, OverflowError, RecursionError
+    "tag_name_pattern (?u) under ASCII": lambda c: c.update(tag_name_pattern="(?u)^[a-z0-9-]+$"),
+    "rule tag with the LOCALE flag": lambda c: rules(c)[1].update(tag="(?L)release"),
+    "rule tag repeat too large": lambda c: rules(c)[1].update(tag=r"\Arelease-dbtt\w{99999999999}"),
+    "rule tag nested 2000 deep": lambda c: rules(c)[1].update(
+        tag=r"\Arelease-dbtt" + "(" * 2000 + ")" * 2000
+    ),
+    "args a number beside pusher_args": lambda c: rules(c)[1].update(
+        args=5, pusher_args={"PUSHER": "username"}
+    ),
 }
 
 
@@ -137,6 +147,15 @@ def test_a_pattern_that_backtracks_cannot_hold_a_push_past_the_budget(site, wher
     assert "Traceback" not in flushed.stdout + flushed.stderr and len(site.spool("pending")) == 1
 
 
+def test_check_config_reads_a_deeply_nested_rule_tag_without_an_internal_error(site):
+    # re compiles it; the look for nested repeats recursed deeper than Python allows
+    rules(site.config)[1]["tag"] = r"\Arelease-dbtt" + "(" * 400 + "a+" + ")" * 400
+    site.write_config()
+    result = site.admin("check-config", site.config_path)
+    assert result.returncode == 0, result.stdout
+    assert "internal error" not in result.stdout
+
+
 def test_match_is_bounded_too(site):
     rules(site.config)[1]["tag"] = r"\Arelease-(a+)+\Z"
     site.config["codo"]["budget_s"] = 1
@@ -162,3 +181,48 @@ def test_empty_optional_settings_mean_unset_as_older_ansible_renders_null(site):
     site.config["codo"]["auth_key_file"] = ""
     site.write_config()
     assert site.admin("check-config", site.config_path).returncode == 2
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize(
+    "spoil, why",
+    [
+        (lambda path: os.chmod(path, 0o666), "others may write it"),
+        (lambda path: os.chown(path, NOBODY, -1), f"belongs to uid {NOBODY}"),
+        (lambda path: os.link(path, path + ".hardlink"), "other names"),
+        (
+            lambda path: os.rename(path, path + ".real") or os.symlink(path + ".real", path),
+            "symbolic link",
+        ),
+    ],
+    ids=["others may write it", "another user's", "hard link", "symbolic link (flush refuses it)"],
+)
+def test_a_config_another_local_user_could_write_sends_no_key(site, other_platform, spoil, why):
+    # whoever can write the config chooses codo.url: the next release push would hand them the key
+    site.config["codo"]["url"] = other_platform.url
+    site.write_config()
+    spoil(site.config_path)
+    refused = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")])
+    assert refused.returncode == 1 and why in refused.stdout and "check-config" in refused.stdout
+    kept = site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
+    assert why in kept.stdout and "kept in the spool" in kept.stdout
+    assert other_platform.requests == [] and len(site.spool("pending")) == 1
+    checked = site.admin("check-config", site.config_path)
+    assert checked.returncode == 2 and why in checked.stdout
+    assert_key_nowhere(site, refused.stdout, kept.stdout, checked.stdout)
+
+
+def test_a_key_given_twice_in_the_config_is_refused_not_silently_the_last(site, other_platform):
+    # a reviewer reads the first "url"; json.loads keeps the last, and the key would go there
+    text = json.dumps(site.config).replace(
+        '"codo": {', '"codo": {"url": "https://codo.example.com", ', 1
+    )
+    write_raw(site, text.replace(f'"url": "{site.fake.url}"', f'"url": "{other_platform.url}"'))
+    checked = site.admin("check-config", site.config_path)
+    assert checked.returncode == 2 and "'url' appears twice in one object" in checked.stdout
+    refused = site.run_hook("pre-receive", [new_tag_line("release-dbtt-1")])
+    assert refused.returncode == 1 and "appears twice" in refused.stdout
+    kept = site.run_hook("post-receive", [new_tag_line("release-dbtt-1")])
+    assert "kept in the spool" in kept.stdout and other_platform.requests == []

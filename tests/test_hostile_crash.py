@@ -90,12 +90,18 @@ def test_an_error_mid_send_keeps_the_release_pending_and_never_shows_the_key(sit
     assert [task.args["TAG"] for task in site.fake.tasks] == [RELEASE]
 
 
-def test_an_admin_command_that_fails_says_one_line(site):
+@pytest.mark.parametrize("given", [["--state-dir", "{}"], ["--state-dir={}"]])
+def test_an_admin_command_that_fails_says_one_line_and_logs_in_the_state_dir_it_was_given(
+    site, given
+):
     sabotage(site, "status", 'KeyError("x")')
-    result = site.admin("status", "--state-dir", site.state_dir)
+    result = site.admin("status", *[arg.format(site.state_dir) for arg in given])
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
-    assert "internal error" in the_one_line(result.stdout)
+    line = the_one_line(result.stdout)
+    assert "internal error" in line and os.path.join(site.state_dir, "hook.log") in line
+    (event,) = internal_errors(site)
+    assert event["error_id"] in line and "KeyError" in event["traceback"]
 
 
 @pytest.mark.parametrize("missing", ["codo_release", "codo_release/platform.py"])
@@ -118,3 +124,22 @@ def test_the_log_line_of_an_internal_error_is_json_and_holds_no_key(site):
         (line,) = handle.read().splitlines()
     assert json.loads(line)["outcome"] == "internal_error"
     assert_key_nowhere(site)
+
+
+def test_a_flush_that_dies_while_following_a_task_leaves_it_sent_not_uncertain(site):
+    """Following claims a sent release (it sends nothing); a flush dying then (a bug, a timeout's
+    kill) leaves the entry in flight. The next flush must put it back as sent: made uncertain, it
+    would be listed for `flush --include-uncertain` and its task deployed twice."""
+    result = site.run_hook("post-receive", [new_tag_line("qa-dbtt-1")])  # rule 0
+    assert "submitted as task" in result.stdout
+    sabotage(site, "follow_one", 'RuntimeError("boom")')
+    assert "internal error" in site.flush().stdout
+    assert [entry["tag"] for entry in site.spool("inflight")] == ["qa-dbtt-1"]
+    site.entry = __import__("conftest").install_program(os.path.dirname(site.entry))
+    result = site.flush()
+    assert site.spool("uncertain") == [] and "uncertain" not in result.stdout
+    (sent,) = site.spool("sent")
+    assert sent["tag"] == "qa-dbtt-1" and sent["task_id"] == site.fake.tasks[0].list_id
+    assert sent.get("follow") == "running"
+    site.flush("--include-uncertain")
+    assert len(site.fake.tasks) == 1

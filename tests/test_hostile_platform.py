@@ -209,3 +209,17 @@ def test_a_404_says_check_the_url(site):
     site.write_config()
     result = push(site)
     assert "not the platform's task API (HTTP 404): check codo.url" in result.stdout
+
+
+@pytest.mark.parametrize("pad", [0, 150, 190])
+def test_a_platform_message_that_echoes_the_key_shows_no_piece_of_it_where_it_is_cut(site, pad):
+    from conftest import AUTH_KEY
+
+    site.fake.set_fault("message", method="POST", code=5, msg="x" * pad + AUTH_KEY)
+    result = push(site)
+    assert "not released: the platform refused it" in result.stdout
+    for piece in (AUTH_KEY[:24], AUTH_KEY.split(".")[1][:24]):
+        assert piece not in result.stdout + result.stderr
+    status = site.admin("status", "--state-dir", site.state_dir)
+    assert AUTH_KEY[:24] not in status.stdout
+    assert_key_nowhere(site, result.stdout, status.stdout)

@@ -2,27 +2,39 @@
 older release of the role installed under the codo-hooks names moves to the codo-release ones,
 nothing lost, once; check mode moves nothing."""
 
+import errno
 import fcntl
+import importlib.util
 import os
+import pathlib
 import pwd
+import shutil
 import stat
+import tempfile
+import types
 
 import pytest
-from ansible_module import run_module
+from ansible_module import ROOT, run_module
 from test_projects_playbook import snapshot
 
 ENTRY_ID = "20260101T000000Z-abc123"
 
 
 @pytest.fixture
-def base(tmp_path):
+def base():
     if os.geteuid() != 0:
         pytest.skip("the spool is the git user's and the program root's, as on a GitLab node")
     try:
         pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no unprivileged account `nobody` to stand for the git user")
-    return tmp_path
+    # A directory the git user can reach, as /var/opt on a node (pytest's tmp_path is root's alone).
+    top = tempfile.mkdtemp(prefix="codo-migrate-")
+    os.chmod(top, 0o755)
+    try:
+        yield pathlib.Path(top)
+    finally:
+        shutil.rmtree(top)
 
 
 def git_owned(path, mode):
@@ -159,3 +171,53 @@ def test_paths_the_inventory_kept_are_left_alone(base):
     rc, result, _ = run_module("codo_hooks_migrate", same)
     assert rc == 0 and result["changed"] is False
     assert snapshot(str(base / "old")) == before
+
+
+def migrate_module():
+    """library/codo_hooks_migrate.py imported, to run a Migration in this process."""
+    path = os.path.join(ROOT, "roles", "codo_hooks", "library", "codo_hooks_migrate.py")
+    spec = importlib.util.spec_from_file_location("codo_hooks_migrate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("file_system", ["same", "other"])
+def test_a_link_the_git_user_swaps_in_while_entries_move_leads_nowhere_it_could_not_write(
+    base, monkeypatch, file_system
+):
+    # The git user owns both state directories. Just before an entry of old/var/spool is moved
+    # (or, across file systems, copied), it puts a link where the entry goes: to root's
+    # /etc/profile.d for a rename, to root's /etc/passwd for a copy.
+    old_layout(base)
+    new = new_layout(base)
+    os.mkdir(new / "var" / "spool")
+    git_owned(new / "var" / "spool", 0o750)
+    profile_d = base / "profile.d"
+    os.mkdir(profile_d, 0o755)
+    passwd = write(str(base / "passwd"), "root:x:0:0::/root:/bin/sh\n", 0o644, git=False)
+    evil = write(str(base / "old" / "var" / "spool" / "evil.sh"), "echo owned\n", 0o777)
+    spool = str(new / "var" / "spool")
+    migrate = migrate_module()
+    real_rename = os.rename
+
+    def git_user_wins_the_race(source, target, *args, **kwargs):
+        if source == evil and file_system == "same":
+            real_rename(spool, spool + ".away")
+            os.symlink(str(profile_d), spool)
+        if source == evil and file_system == "other":
+            os.symlink(passwd, target)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", git_user_wins_the_race)
+    migration = migrate.Migration(types.SimpleNamespace(check_mode=False))
+    paths = args(base)["state_dir"]
+    with pytest.raises(OSError):
+        migration.state(paths["old"], paths["new"])
+    monkeypatch.undo()
+    assert os.listdir(profile_d) == []
+    with open(passwd, encoding="utf-8") as handle:
+        assert handle.read() == "root:x:0:0::/root:/bin/sh\n"
+    assert stat.S_IMODE(os.stat(passwd).st_mode) == 0o644 and os.stat(passwd).st_uid == 0
+    assert os.path.exists(evil) and os.geteuid() == 0 and os.getegid() == 0

@@ -1,6 +1,8 @@
 """The codo_hooks role's shared module code (roles/codo_hooks/module_utils/codo_hooks_core/config.py):
 GitLab's path rules, the hashed storage path, one config holding several projects."""
 
+import os
+
 import pytest
 from ansible_module import role_module_utils
 
@@ -82,3 +84,22 @@ def test_projects_are_checked_with_the_modules_spec_in_one_line_with_no_control_
 def test_checked_projects_come_out_as_the_module_reads_them():
     checked, why = action_plugin().checked_projects([{"path": "ops/a", "id": "7"}])
     assert why is None and checked[0]["id"] == 7 and checked[0]["state"] == "present"
+
+
+def test_a_config_in_custom_hooks_is_read_only_as_the_regular_file_itself(tmp_path):
+    # The git user owns custom_hooks and may swap a config for a link to root's file (the key)
+    # or a FIFO between the module's lstat and its read: the diff's "before" must not show it.
+    from ansible.module_utils.codo_hooks_core import sync
+
+    secret = tmp_path / "auth_key"
+    secret.write_text("the-platform-key\n")
+    config_file = tmp_path / "codo-release.json"
+    config_file.write_text('{"projects": {}}\n')
+    assert sync.read_own_text(str(config_file)) == '{"projects": {}}\n'
+    link = tmp_path / "linked.json"
+    link.symlink_to(secret)
+    assert sync.read_own_text(str(link)) is None
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(str(fifo))
+    assert sync.read_own_text(str(fifo)) is None  # and did not block
+    assert sync.read_own_text(str(tmp_path / "missing.json")) is None

@@ -192,3 +192,15 @@ def test_a_rule_with_the_hooks_newer_keys_passes_the_role(play):
     assert run.returncode == 0 and "changed=1" in run.stdout, run.stdout + run.stderr
     config = play.storage / hashed(1) / "custom_hooks" / "codo-release.json"
     assert json.loads(config.read_text())["projects"]["ops/dbtt"]["rules"][0]["mode"] == "shadow"
+
+
+def test_projects_hooked_in_update_alone_are_warned_that_max_per_push_cannot_hold(play):
+    # update runs once per ref: it cannot count the release tags of a push (a mirror's hundreds).
+    args = play.args(stages=["update"])
+    run = play.run(args)
+    assert run.returncode == 0, run.stdout + run.stderr
+    shown = " ".join((run.stdout + run.stderr).split())
+    assert "max_per_push is not enforced for 1 project(s) (ops/dbtt)" in shown
+    assert "add pre-receive to codo_hooks_stages" in shown
+    both = play.run(play.args(stages=["pre-receive", "update"]))
+    assert both.returncode == 0 and "max_per_push" not in both.stdout + both.stderr

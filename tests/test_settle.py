@@ -72,6 +72,22 @@ def test_an_unknown_template_after_a_500_fails_naming_the_template(settling):
     assert settling.fake.tasks == []
 
 
+def test_a_template_lookup_answered_with_an_error_code_is_not_taken_for_no_template(settling):
+    settling.fake.set_fault("status", status=500, method="POST", times=1)
+    push(settling, RELEASE)
+    assert settling.fake.tasks == [] and len(settling.spool("uncertain")) == 1
+    settling.fake.set_fault(
+        "status",
+        status=200,
+        body='{"code": -1, "msg": "busy", "data": []}',
+        method="GET",
+        path="/api/task/v2/task_layout/temp/",
+    )
+    result = settling.flush()
+    assert "no template" not in result.stdout and settling.spool("failed") == []
+    assert [task.args["TAG"] for task in settling.fake.tasks] == [RELEASE]
+
+
 def test_a_key_that_cannot_see_its_tasks_leaves_the_release_uncertain_and_says_why(site):
     site.serve_key(make_auth_key(username="ops-bot", nickname="Ops Bot"), settle_after_s=0.01)
     site.fake.set_fault("status", status=500, method="POST", times=1)
@@ -131,3 +147,77 @@ def test_twenty_uncertain_releases_settled_by_three_concurrent_flushes_make_twen
     assert sorted(task.args["TAG"] for task in settling.fake.tasks) == sorted(tags)
     assert len(settling.spool("sent")) == 20 and settling.spool("uncertain") == []
     assert AUTH_KEY not in json.dumps([e for e in settling.log()])
+
+
+def seed_releases(fake, count, exec_time="2019-03-20 10:00:00", finish=True):
+    """`count` other releases of the project (finished: what a platform shows after months of use);
+    their list_ids."""
+    import urllib.request
+
+    list_ids = []
+    for number in range(count):
+        get = urllib.request.Request(
+            fake.url + "/api/task/v2/task/accept/", headers={"Cookie": f"auth_key={AUTH_KEY}"}
+        )
+        with urllib.request.urlopen(get, timeout=5) as reply:
+            csrf = json.loads(reply.read())["csrf_key"]
+        args = {
+            "TAG": f"release-dbtt-old-{number}",
+            "GIT_URL": "git@x:ops/dbtt.git",
+            "APP_NAME": "DBTT",
+        }
+        body = {
+            "task_name": "DBTT",
+            "temp_id": "32",
+            "args": str(args),
+            "details": "git hook auto exec",
+            "hosts": str({1: ",".join(f"118.25.0.{host}" for host in range(10, 30))}),
+            "submitter": "githook",
+            "exec_time": exec_time,
+            "schedule": "new",
+            "executor": "githook",
+        }
+        post = urllib.request.Request(
+            fake.url + "/api/task/v2/task/accept/",
+            data=json.dumps(body).encode(),
+            headers={"Cookie": f"auth_key={AUTH_KEY}; csrf_key={csrf}"},
+        )
+        with urllib.request.urlopen(post, timeout=5) as reply:
+            list_ids.append(json.loads(reply.read())["list_id"])
+        if finish:
+            fake.finish_task(list_ids[-1])
+    return list_ids
+
+
+def test_a_project_with_a_long_history_still_settles(settling):
+    """A page of the task lists (the project's earlier tasks, each row with its 20 hosts) runs over
+    the 64 KiB a task's reply may take, and is still the platform's."""
+    seed_releases(settling.fake, 200)
+    settling.fake.set_fault("status", status=500, method="POST", times=1)
+    push(settling, RELEASE)
+    result = settling.flush()
+    assert f"{RELEASE} settled: the platform has no such task: sent again" in result.stdout, (
+        result.stdout
+    )
+    assert [t.args["TAG"] for t in settling.fake.tasks if t.args["TAG"] == RELEASE] == [RELEASE]
+
+
+def test_a_task_moving_up_the_list_while_it_is_read_is_still_found(settling):
+    """list/ is paged, and a task that finishes leaves it, moving every later row up: a task on
+    page 2 when page 1 was read is on page 1 when page 2 is. Read page by page, it is in neither
+    page nor (unfinished) in the history, and would be sent a second time."""
+    ahead = seed_releases(settling.fake, 100, exec_time="2038-01-01 00:00:00", finish=False)
+    settling.fake.set_fault("commit_then_status", status=502, method="POST", times=1)
+    push(settling, RELEASE)
+    (mine,) = [t for t in settling.fake.tasks if t.args["TAG"] == RELEASE]
+    lists = "/api/task/v2/task/list/"
+    settling.fake.add_fault("slow", seconds=0, path=lists, times=1)
+    settling.fake.add_fault("slow", seconds=2, path=lists, times=1)  # the second read waits
+    asked = len(settling.fake.requests)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        flushing = pool.submit(settling.flush)
+        assert settling.fake.wait_for_requests(asked + 2, timeout=30)
+        settling.fake.finish_task(ahead[0])  # while the second read waits
+        result = flushing.result()
+    assert [t.args["TAG"] for t in settling.fake.tasks].count(RELEASE) == 1, result.stdout
+    assert f"{RELEASE} settled: the platform has it as task {mine.list_id}" in result.stdout

@@ -730,3 +730,48 @@ def test_check_mode_diff_shows_each_config_before_and_after_and_each_link_added(
     assert {"before_header": link, "after_header": link,
             "before": {"path": link, "state": "absent"},
             "after": {"path": link, "state": "link", "src": node.hook}} in report["diff"]
+
+
+# --- what the git user may do while the module runs --------------------------------------
+
+
+def test_a_chain_directory_swapped_for_a_link_during_check_config_is_never_chowned_through(node):
+    # The git user owns custom_hooks: it gives pre-receive.d another mode and deletes the config,
+    # so the next run fixes the one and checks the other with the hook's check-config; while
+    # that runs, it puts a link to root's file where the directory was.
+    web = node.repo(1)
+    hooks = os.path.join(web, "custom_hooks")
+    chain = os.path.join(hooks, "pre-receive.d")
+    victim = os.path.join(node.base, "shadow")  # stands for /etc/shadow
+    with open(victim, "w", encoding="utf-8") as handle:
+        handle.write("root:secret\n")
+    os.chmod(victim, 0o600)
+    trigger = os.path.join(node.base, "swap-now")
+    swapping_hook = node.script(
+        "swapping-hook",
+        'if [ -e {t} ] && [ -d {c} ]; then mv {c} {c}.away && ln -s {v} {c}; fi\nexec {h} "$@"\n'.format(
+            t=trigger, c=chain, v=victim, h=node.hook
+        ),
+    )
+    want = dict(node.want("files", [node.project("ops/web", 1)]), hook=swapping_hook)
+    assert run_sync("apply", want)[0] == 0
+    os.chmod(chain, 0o755)
+    os.unlink(os.path.join(hooks, "codo-release.json"))
+    open(trigger, "w").close()
+    rc, report, stderr = run_sync("apply", want)
+    assert (owner_of(victim), mode_of(victim)) == ((0, 0), 0o600)
+    assert rc == 1 and "Traceback" not in stderr, stderr
+    assert chain in report["msg"] and "\n" not in report["msg"], report["msg"]
+    assert "no longer a directory" in report["msg"]
+
+
+def test_gitaly_a_fifo_the_git_user_left_in_custom_hooks_stops_apply_in_one_line(node):
+    web = node.repo(1)
+    node.own_hook(web)
+    fifo = os.path.join(web, "custom_hooks", "pipe")
+    os.mkfifo(fifo)
+    os.chown(fifo, node.uid, node.gid)
+    rc, report, stderr = run_sync("apply", node.want("gitaly", [node.project("ops/web", 1)]))
+    assert rc == 1 and "Traceback" not in stderr, stderr
+    assert "ops/web" in report["msg"] and fifo in report["msg"] and "\n" not in report["msg"], report["msg"]
+    assert "named pipe" in report["msg"] and node.calls() == []

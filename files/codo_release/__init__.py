@@ -56,4 +56,17 @@ def main(stage, updates, argv, config_path, malformed=None):
 
         return admin(argv, config_path)
     except (Exception, BudgetExceeded):
-        return unexpected_error(stage, push, config_path)
+        return unexpected_error(stage, push, config_path, state_dir_argument(argv))
+
+
+def state_dir_argument(argv):
+    """The --state-dir an admin command was given, if absolute: where its traceback is logged."""
+    for index, arg in enumerate(argv[1:], 1):
+        value = None
+        if arg == "--state-dir" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--state-dir="):
+            value = arg[len("--state-dir=") :]
+        if value and value.startswith("/") and "\0" not in value:
+            return value
+    return None

@@ -9,6 +9,7 @@ import os
 from . import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, VERSION
 from .config import (
     CODO_DEFAULTS,
+    CONFIG_LIMIT,
     SEED_ARGS,
     Config,
     ConfigError,
@@ -18,6 +19,7 @@ from .config import (
     with_defaults,
 )
 from .decisions import GIT_HOOKS_PATH, TASK_ACCEPT_PATH, RefUpdate, decide, request_for
+from .fileio import untrusted_file
 from .flush import flush
 from .keys import key_expiry, key_sees_submitter, read_auth_key
 from .output import odd_character, one_line, say, shown
@@ -152,7 +154,7 @@ def absolute_path(text):
 
 def check_config(args):
     raw = read_config(args.file, stream=True)
-    problems = config_problems(raw) + index_problems(args.file, raw)
+    problems = trust_problems(args.file) + config_problems(raw) + index_problems(args.file, raw)
     for problem in problems:
         say(f"{args.file}: {problem}")
     for warning in pattern_warnings(raw) + key_warnings(raw):
@@ -283,7 +285,10 @@ def nested_repeat(pattern):
         tree = parser.parse(pattern)
     except Exception:  # any error: the structural checks report patterns that do not compile
         return False
-    return _nests(tree, False, parser)
+    try:
+        return _nests(tree, False, parser)
+    except RecursionError:  # groups nested hundreds deep: re takes them, this walk cannot tell
+        return False
 
 
 def _nests(items, inside, parser):
@@ -307,6 +312,29 @@ def _nests(items, inside, parser):
         if any(_nests(child, inside, parser) for child in children):
             return True
     return False
+
+
+def trust_problems(path):
+    """What makes a push refuse a config whatever it holds: a link, another user's file, one others may write."""
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return []
+    if stat.S_ISLNK(info.st_mode):
+        return (
+            ["a push does not read a config through a symbolic link: put the file itself there"]
+            if os.path.isfile(path)
+            else []
+        )
+    owners = {os.geteuid(), 0}
+    if os.geteuid() == 0:  # root checks the git user's file: the user owning its directory
+        owners.add(os.stat(os.path.dirname(os.path.abspath(path))).st_uid)
+    why = untrusted_file(info, owners, CONFIG_LIMIT) if stat.S_ISREG(info.st_mode) else ""
+    if not why:
+        return []
+    return [f"a push does not trust this file: {why}; make it the git user's or root's, mode 0640"]
 
 
 def index_problems(path, raw):

@@ -130,7 +130,7 @@ def read_config(path, owners=None, stream=False):
             os.close(fd)
         if size > CONFIG_LIMIT:
             raise ConfigError(f"config {path} is over {CONFIG_LIMIT} bytes: not a config")
-        raw = parse_json(b"".join(chunks).decode("utf-8"))
+        raw = parse_json(b"".join(chunks).decode("utf-8"), _UniqueKeysJsonOptions)
     except OSError as error:
         import errno
 
@@ -144,23 +144,24 @@ def read_config(path, owners=None, stream=False):
     return raw
 
 
-def parse_json(text):
+def parse_json(text, options=None):
     """json.loads without importing json (and with it re), through the C scanner json itself uses.
 
     Anything but a clean parse is handed to json.loads, for its exact error message.
     """
+    options = options or _JsonOptions
     try:
         from _json import make_scanner
 
         stripped = text.strip(" \t\n\r")
-        value, end = make_scanner(_JsonOptions)(stripped, 0)
+        value, end = make_scanner(options)(stripped, 0)
         if end == len(stripped):
             return value
     except Exception:  # any failure at all: json.loads says what is wrong
         pass
     import json
 
-    return json.loads(text, parse_constant=no_constant)
+    return json.loads(text, parse_constant=no_constant, object_pairs_hook=options.object_pairs_hook)
 
 
 def no_constant(name):
@@ -173,6 +174,21 @@ class _JsonOptions:
     strict = True
     object_hook = object_pairs_hook = None
     parse_float, parse_int, parse_constant = float, int, staticmethod(no_constant)
+
+
+def unique_keys(pairs):
+    """A JSON object whose names are unique: a config that names a key twice reads one way to a
+    person and another to json.loads (the last wins), so it is refused."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        names = [name for name, _ in pairs]
+        twice = next(name for name in names if names.count(name) > 1)
+        raise ValueError(f"{one_line(twice, 60)!r} appears twice in one object")
+    return value
+
+
+class _UniqueKeysJsonOptions(_JsonOptions):
+    object_pairs_hook = staticmethod(unique_keys)
 
 
 class Config:
@@ -579,7 +595,7 @@ def _guard_problems(where, rule):
             )
         elif field not in WHO_FIELDS:
             problems.append(f"{where}.pusher_args.{name} must be one of: {', '.join(WHO_FIELDS)}")
-        elif name in (rule.get("args") or {}):
+        elif isinstance(rule.get("args"), dict) and name in rule["args"]:
             problems.append(f"{where}.pusher_args.{name} is in args too: use one")
     return problems
 
@@ -663,8 +679,10 @@ def _regex_problems(pattern, where, flags):
         return []  # said by the structural checks
     try:
         re.compile(pattern, flags)
-    except re.error as error:
-        return [f"{where} is not a valid regular expression: {error}"]
+    except (re.error, ValueError, OverflowError) as error:  # (?u) under ASCII, a{99999999999}
+        return [f"{where} is not a valid regular expression: {one_line(error, 120)}"]
+    except RecursionError:
+        return [f"{where} is not a valid regular expression: its groups nest too deeply"]
     return []
 
 

@@ -34,8 +34,11 @@ def _write(stream, line):
 
 def one_line(text, limit=300):
     """Text from outside (a platform message, a tag, a path) on one line: line breaks, controls,
-    invisible and separator characters escaped, so none can start a forged `codo:` or `GL-HOOK-ERR:` line."""
+    invisible and separator characters escaped, so none can start a forged `codo:` or `GL-HOOK-ERR:` line.
+    Secrets are masked before it is cut short: a cut must not leave a piece of the key unmasked."""
     text = str(text)
+    for secret in SECRETS:
+        text = text.replace(secret, "********")
     if limit and len(text) > limit:
         text = text[:limit] + "..."
     if (

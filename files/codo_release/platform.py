@@ -26,6 +26,11 @@ REPLY_LIMIT = (
 )  # the platform's replies are a few hundred bytes; anything larger is not its reply
 
 
+# A page of a task list (each row carries its hosts, args and users) or a task's steps (each with its
+# command) is larger: a project's 100 latest tasks run to 50 KiB and more.
+READ_LIMIT = 4 * 1024 * 1024
+
+
 CSRF_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
@@ -149,8 +154,8 @@ class Platform:
             return Result(UNCERTAIN, str(error), platform_down=True)
         return self._classify(path, url, status, headers, payload, template_id)
 
-    def _request(self, method, url, budget, body=None, csrf=None):
-        """(status, headers, parsed JSON or None) of one request; the body read up to REPLY_LIMIT.
+    def _request(self, method, url, budget, body=None, csrf=None, limit=REPLY_LIMIT):
+        """(status, headers, parsed JSON or None) of one request; the body read up to `limit`.
 
         Raises Unreachable (no connection made), NotSent (TLS) or, for a POST whose body may have
         left, _MaybeSent."""
@@ -182,7 +187,7 @@ class Platform:
                 raise Unreachable(f"no reply from the platform: {_reason(error)}")
             raise _MaybeSent(f"no reply to the task: {_reason(error)}")
         try:
-            raw = _read_limited(reply)
+            raw = _read_limited(reply, limit)
         except (requests.exceptions.RequestException, ValueError, OSError) as error:
             problem = (
                 f"HTTP {reply.status_code} with a reply that could not be read: {_reason(error)}"
@@ -193,7 +198,7 @@ class Platform:
         finally:
             reply.close()
         if raw is None:
-            problem = f"HTTP {reply.status_code} with a reply over {REPLY_LIMIT // 1024} KiB: not the platform's"
+            problem = f"HTTP {reply.status_code} with a reply over {limit // 1024} KiB: not the platform's"
             if method == "GET":
                 raise NotSent(problem + "; check codo.url", platform_down=True)
             raise _MaybeSent(problem)
@@ -306,7 +311,7 @@ class Platform:
                 task_id = self._search(TASK_LIST_PATH, wanted, budget, 100, None)
                 if task_id is None:
                     task_id = self._search(
-                        TASK_HISTORY_PATH, wanted, budget, 500, posted["task_name"]
+                        TASK_HISTORY_PATH, wanted, budget, 100, posted["task_name"]
                     )
         except BudgetExceeded:
             return "unknown", "the time budget ran out while reading the platform's task lists"
@@ -316,10 +321,19 @@ class Platform:
 
     def _search(self, path, wanted, budget, limit, search):
         """The list_id of the wanted task in one of the platform's task lists, or None once the
-        list is read to its end (or past where the task could be)."""
+        list is read to its end (or past where the task could be).
+
+        check_history/ only gains rows, so reading it page by page misses none. list/ loses the
+        rows of tasks that finish, each moving the later ones up: the task on page 2 when page 1
+        was read may be on page 1 when page 2 is. So list/ is read from its start in one reply,
+        twice as many rows each time, each reply one view of the list."""
         oldest = _day_before(wanted[3])
-        for page in range(1, SEARCH_PAGES + 1):
-            query = {"page": page, "limit": limit}
+        unfinished = path == TASK_LIST_PATH
+        for page in range(1, (LIST_READS if unfinished else SEARCH_PAGES) + 1):
+            if unfinished:
+                query = {"page": 1, "limit": limit * 2 ** (page - 1)}
+            else:
+                query = {"page": page, "limit": limit}
             if search:
                 query["search_val"] = search
             rows, count = self._page(path, query, budget)
@@ -331,19 +345,28 @@ class Platform:
                     row.get("start_time"),
                 ) == wanted:
                     return row["list_id"]
-            if page * limit >= count:
+            if query["page"] * query["limit"] >= count:
                 return None
-            # Newest first: past rows older than the task (a day's slack for the two clocks) it cannot be.
-            times = [
-                row.get("start_time" if path == TASK_LIST_PATH else "create_time") for row in rows
-            ]
-            if times and all(
-                isinstance(t, str) and t < (wanted[3] if path == TASK_LIST_PATH else oldest)
-                for t in times
-            ):
+            if unfinished:
+                # Newest start_time first: past a row older than the task, the task cannot be; the
+                # order is checked, as the proof rests on it.
+                times = [row.get("start_time") for row in rows]
+                if (
+                    times
+                    and all(isinstance(t, str) for t in times)
+                    and times == sorted(times, reverse=True)
+                    and times[-1] < wanted[3]
+                ):
+                    return None
+                continue
+            # Newest first: past rows a day older than the task (the two clocks' slack) it cannot be.
+            times = [row.get("create_time") for row in rows]
+            if times and all(isinstance(t, str) and t < oldest for t in times):
                 return None
         raise _Unreadable(
-            f"the platform's task list is longer than {SEARCH_PAGES} pages: not searched to its end"
+            "the platform's task list is longer than {} rows: not searched to its end".format(
+                query["page"] * query["limit"]
+            )
         )
 
     def _read(self, path, query, budget):
@@ -354,7 +377,7 @@ class Platform:
         try:
             with budget:
                 status, _headers, payload = self._request(
-                    "GET", f"{self.base}{path}?{urlencode(query)}", budget
+                    "GET", f"{self.base}{path}?{urlencode(query)}", budget, limit=READ_LIMIT
                 )
         except BudgetExceeded:
             raise _Unreadable("the time budget ran out while reading the platform")
@@ -386,7 +409,7 @@ class Platform:
         )
         if status != 200 or not isinstance(data, dict):
             return "unknown", f"the platform could not show task {task_id} (HTTP {status})"
-        steps = [step for step in data.get("scheduler_list") or [] if isinstance(step, dict)]
+        steps = _steps_of(data)
         hosts = data.get("hosts_status") if isinstance(data.get("hosts_status"), dict) else {}
         states = [str(step.get("task_status")) for step in steps] + [
             str(value) for value in hosts.values()
@@ -425,7 +448,7 @@ class Platform:
         data = payload.get("data") if isinstance(payload, dict) else None
         if status != 200 or not isinstance(data, dict):
             return []
-        return [step for step in data.get("scheduler_list") or [] if isinstance(step, dict)]
+        return _steps_of(data)
 
     def template_steps(self, template_id, budget):
         """The template's steps ([] when it has none or does not exist), or None if unreadable."""
@@ -453,9 +476,11 @@ class Platform:
         if (
             status != 200
             or not isinstance(payload, dict)
+            or type(payload.get("code")) is not int
+            or payload["code"] != 0
             or not isinstance(payload.get("data"), list)
         ):
-            return None
+            return None  # an error reply says nothing of the template: not "there is none"
         return bool(payload["data"])
 
     def _timeouts(self, budget):
@@ -521,7 +546,10 @@ STEP_OUTCOMES = (
 )
 
 
-SEARCH_PAGES = 40
+SEARCH_PAGES = 40  # pages of check_history/
+
+
+LIST_READS = 7  # readings of list/ from its start: 100 rows, then 200, ... 6,400
 
 
 def _day_before(exec_time):
@@ -533,12 +561,18 @@ def _day_before(exec_time):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp - 86400))
 
 
-def _read_limited(reply):
-    """The reply's body, or None when it is longer than REPLY_LIMIT (not read further)."""
+def _steps_of(data):
+    """The steps a check/ reply shows: its scheduler_list's objects, none when it is not a list."""
+    steps = data.get("scheduler_list")
+    return [step for step in steps if isinstance(step, dict)] if isinstance(steps, list) else []
+
+
+def _read_limited(reply, limit):
+    """The reply's body, or None when it is longer than `limit` (not read further)."""
     chunks, size = [], 0
     for chunk in reply.iter_content(8192):
         size += len(chunk)
-        if size > REPLY_LIMIT:
+        if size > limit:
             return None
         chunks.append(chunk)
     return b"".join(chunks)

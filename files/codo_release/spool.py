@@ -149,7 +149,8 @@ class Spool:
         return Claim(self, entry, handle)
 
     def recover_abandoned(self):
-        """Inflight entries whose process died mid-send: the task may exist, so uncertain."""
+        """Inflight entries whose process died mid-send: the task may exist, so uncertain. One
+        taken from sent/ to follow its task was not being sent: it goes back to sent/."""
         for entry_id in self.ids("inflight"):
             claim = self.claim("inflight", entry_id)  # renames onto itself: only the lock matters
             if claim is None:
@@ -162,6 +163,9 @@ class Spool:
                 claim.handle.close()
                 continue
             try:
+                if claim.entry.get("state") == SENT:
+                    claim.settle(SENT)
+                    continue
                 claim.settle(UNCERTAIN, last_error="the process sending it stopped mid-send")
             except SpoolError:
                 pass

@@ -55,7 +55,7 @@ def run_stage(push, malformed):
             refuse_line("push refused: the ref updates handed to the hook are malformed")
             return EXIT_REFUSED
     try:
-        config = Config.load(push.config_path, push.project_path, patterns=False)
+        config = Config.load(push.config_path, push.project_path, False, push_owners())
         project = config.project(push.project_path)
         if project is None:
             return EXIT_OK
@@ -302,9 +302,15 @@ def keep(push, message, then):
     )
 
 
+def push_owners():
+    """Who may have written the config a push reads: the hook's user and root, as for flush.
+    Whoever else can write it chooses codo.url, and the key would go there."""
+    return {os.geteuid(), 0}
+
+
 def _state_dir_of_broken(path):
     try:
-        state_dir = read_config(path).get("state_dir")
+        state_dir = read_config(path).get("state_dir")  # untrusted: still where the timer looks
     except ConfigError:
         state_dir = None
     return state_dir if is_absolute_path(state_dir) else TOP_DEFAULTS["state_dir"]
@@ -489,12 +495,14 @@ def template_of(config, rule):
     return rule.settings["template_id"] if config.codo["api"] == "task_accept" else None
 
 
-def unexpected_error(stage, push, config_path):
-    """Any error of the hook's own: one line with an id that finds the traceback in the log, never the traceback."""
+def unexpected_error(stage, push, config_path, state_dir=None):
+    """Any error of the hook's own: one line with an id that finds the traceback in the log, never the
+    traceback. The log is the state_dir given (an admin command's --state-dir), else the config's."""
     import traceback
 
     error_id = os.urandom(4).hex()
-    state_dir = _state_dir_of_broken(config_path) if config_path else TOP_DEFAULTS["state_dir"]
+    if state_dir is None:
+        state_dir = _state_dir_of_broken(config_path) if config_path else TOP_DEFAULTS["state_dir"]
     try:  # whatever put the key into the error's text, the log masks it: know the key to mask
         read_auth_key(with_defaults(read_config(config_path).get("codo") or {}, CODO_DEFAULTS))
     except Exception:

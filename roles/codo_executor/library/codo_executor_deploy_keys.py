@@ -143,12 +143,18 @@ class GitLab:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body)
         try:
-            reply = open_url(url, method=method, headers=headers, data=data, **self.options)
+            # A redirect is never followed: the token would go with it to wherever it points.
+            reply = open_url(
+                url, method=method, headers=headers, data=data, follow_redirects="none", **self.options
+            )
             status, text, got = reply.getcode(), reply.read(), reply.headers
         except HTTPError as error:
             status, text, got = error.code, error.read(), error.headers
         except Exception as error:  # unreachable, TLS: one line
             return None, str(error), {}
+        if 300 <= status < 400:
+            return None, "a redirect ({} to {}), not followed with the token: set codo_executor_gitlab_url " \
+                "to GitLab's own URL".format(status, " ".join(str(got.get("Location") or "nowhere").split())), {}
         try:
             parsed = json.loads(text) if text else None
         except ValueError:
@@ -159,7 +165,17 @@ class GitLab:
 def said(status, body):
     if isinstance(body, dict):
         return "{} {}".format(status, json.dumps(body.get("message") or body.get("error") or ""))
-    return "{} {}".format(status, body if status is None else "")
+    return str(body) if status is None else "{} ".format(status)
+
+
+def documented(key):
+    """An entry of GitLab's deploy key list as its API documents it (the id goes into a URL)."""
+    return (
+        isinstance(key, dict)
+        and type(key.get("id")) is int
+        and isinstance(key.get("key"), str)
+        and isinstance(key.get("title"), str)
+    )
 
 
 def key_text(key):
@@ -225,6 +241,9 @@ def main():
         status, listed, headers = gitlab.call("GET", gitlab.url(project) + "?per_page=100")
         if status != 200 or not isinstance(listed, list):
             errors.append("{} ({})".format(project["path"], said(status, listed)))
+        elif not all(documented(key) for key in listed):
+            errors.append("{} (a list whose entries are not deploy keys with an integer id, a key and a "
+                          "title: is codo_executor_gitlab_url GitLab?)".format(project["path"]))
         elif headers.get("X-Next-Page"):
             errors.append("{} (more than 100 deploy keys: not paged through)".format(project["path"]))
         else:

@@ -148,12 +148,19 @@ class Platform:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body)
         try:
-            reply = open_url(self.url, method=method, headers=headers, data=data, **self.options)
+            # A redirect is never followed: the auth_key cookie would go with it to wherever it points.
+            reply = open_url(
+                self.url, method=method, headers=headers, data=data, follow_redirects="none", **self.options
+            )
             status, text, got = reply.getcode(), reply.read(), reply.headers
         except HTTPError as error:
             status, text, got = error.code, error.read(), error.headers
         except Exception as error:  # unreachable, TLS
             return None, {"msg": str(error)}, None
+        if 300 <= status < 400:
+            where = " ".join(str(got.get("Location") or "nowhere").split())
+            return status, {"msg": "a redirect to {}, not followed with the auth_key: set codo_executor_codo_url "
+                            "to the platform's own URL".format(where)}, None
         try:
             parsed = json.loads(text) if text else None
         except ValueError:
@@ -173,6 +180,15 @@ def csrf_from(headers):
 
 def message(body):
     return (body or {}).get("msg", "") if isinstance(body, dict) else ""
+
+
+def documented(user):
+    """An execution user as the platform lists it: an integer id, the other fields text (or null)."""
+    return (
+        isinstance(user, dict)
+        and type(user.get("id")) is int
+        and all(isinstance(user.get(k), (str, type(None))) for k in ("alias_user", "exec_user", "user_key", "remarks"))
+    )
 
 
 def record_of(body, alias):
@@ -218,6 +234,11 @@ def main():
             "service is older than task_layout.",
         }.get(status, "")
         module.fail_json(msg="GET {} answered {} ({}).{}".format(p["url"], status, message(listed), hint))
+    data = listed.get("data") or []
+    if not isinstance(data, list) or not all(documented(user) for user in data):
+        module.fail_json(msg="GET {} answered code 0, but its data is not a list of execution users (each "
+                         "with an integer id and text fields): is codo_executor_codo_url the platform's "
+                         "gateway?".format(p["url"]))
     record = record_of(listed, p["alias"])
     rotates = bool(present and record is not None and (record.get("user_key") or "").strip() != key)
     if not present:

@@ -65,6 +65,15 @@ class ActionModule(ActionBase):
         if errors:
             return dict(result, failed=True, msg=" ".join(errors), errors=errors)
         result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
+        uncounted = update_only(args.get("stages") or DEFAULTS["stages"], projects)
+        if uncounted:
+            result.setdefault("warnings", []).append(
+                "max_per_push is not enforced for {} project(s) ({}): their hook runs in update alone, "
+                "once per ref, so it cannot count a push's release tags; add pre-receive to "
+                "codo_hooks_stages (or the project's stages)".format(
+                    len(uncounted), ", ".join(uncounted[:5]) + (", ..." if len(uncounted) > 5 else "")
+                )
+            )
         # For codo_hooks_probe (tasks/probe.yml): one project of each shape it asks about.
         result["probe_projects"], result["probe_alike"] = self.probe
         return result
@@ -80,6 +89,17 @@ class ActionModule(ActionBase):
             return errors
         self.probe = desired.probe_groups(projects, states)
         return desired.check_config_errors(sys.executable, HOOK, states)
+
+
+def update_only(default_stages, projects):
+    """The present projects whose hook runs in update and not in pre-receive: max_per_push needs a
+    stage that sees the whole push."""
+    found = []
+    for project in projects:
+        stages = project.get("stages") or default_stages
+        if project.get("state", "present") == "present" and "update" in stages and "pre-receive" not in stages:
+            found.append(project["path"])
+    return found
 
 
 def checked_projects(projects):

@@ -124,7 +124,8 @@ kept:
   elements: str
 """
 
-import errno  # noqa: E402 (after the docs, as Ansible modules are)
+import contextlib  # noqa: E402 (after the docs, as Ansible modules are)
+import errno  # noqa: E402
 import fcntl  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -210,11 +211,13 @@ class Migration:
             self.kept.append("{}: not a directory, left as it is".format(old))
             return
         suffix = ".from-" + os.path.basename(old.rstrip("/"))
-        self.merge(old, new, st, suffix)
+        self.merge(old, new, st, suffix, top=True)
 
-    def merge(self, old, new, st, suffix):
+    def merge(self, old, new, st, suffix, top=False):
         """Moves old's entries into new (made like old when absent), one by one so that an entry
-        a hook holds stays; old removed once empty."""
+        a hook holds stays; old removed once empty. At the top, the entries move as the owner of
+        new (the git user, who can write in both): a link it puts in the way mid-move then
+        leads nowhere it could not write itself."""
         if lstat(new) is None:
             self.made.add(new)
             self.diff.append(
@@ -225,6 +228,20 @@ class Migration:
                 os.makedirs(os.path.dirname(new) or "/", 0o755, exist_ok=True)
                 os.mkdir(new, 0o700)
                 own(new, st)
+        with acting_as((lstat(new) or st) if top else None):
+            left = self.entries(old, new, suffix)
+        if not left:
+            self.say_removed(old)
+            if not self.check:
+                try:
+                    os.rmdir(old)
+                except OSError as error:  # something new appeared in it: the next run moves it
+                    self.kept.append("{}: {}".format(old, error.strerror))
+                    left = True
+        return left
+
+    def entries(self, old, new, suffix):
+        """Moves old's entries into new; whether any stayed."""
         left = False
         for name in sorted(os.listdir(old)):
             source, target = os.path.join(old, name), os.path.join(new, name)
@@ -250,14 +267,6 @@ class Migration:
             self.say_moved(source, target)
             if not self.check:
                 self.rename(source, target, source_st)
-        if not left:
-            self.say_removed(old)
-            if not self.check:
-                try:
-                    os.rmdir(old)
-                except OSError as error:  # something new appeared in it: the next run moves it
-                    self.kept.append("{}: {}".format(old, error.strerror))
-                    left = True
         return left
 
     def rename(self, source, target, st):
@@ -323,6 +332,24 @@ class Migration:
                 os.rmdir(directory)
         else:
             self.kept.append("{}: holds files the role did not install".format(directory))
+
+
+@contextlib.contextmanager
+def acting_as(st):
+    """The block run as st's owner and group when this is root and st is not root's."""
+    if st is None or os.geteuid() != 0 or st.st_uid == 0:
+        yield
+        return
+    groups, egid = os.getgroups(), os.getegid()
+    os.setgroups([st.st_gid])
+    os.setegid(st.st_gid)
+    os.seteuid(st.st_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
+        os.setgroups(groups)
 
 
 def own(path, st):

@@ -92,13 +92,12 @@ def input_errors(want):
             "Projects listed more than once in codo_hooks_projects: {}. Keep one entry per project "
             "and put all its tag rules in that entry's rules.".format(", ".join(listed))
         )
-    escaping = [
-        "{} ({})".format(p["path"], p["disk_path"])
-        for p in projects
-        if ".." in (p.get("disk_path") or "").split("/")
-    ]
-    if escaping:
-        errors.append("disk_path may not contain '..': " + ", ".join(escaping))
+    for key in ("disk_path", "replica_path"):
+        escaping = [
+            "{} ({})".format(p["path"], p[key]) for p in projects if ".." in (p.get(key) or "").split("/")
+        ]
+        if escaping:
+            errors.append("{} may not contain '..': {}".format(key, ", ".join(escaping)))
     if want["cluster"]:
         missing = [p["path"] for p in projects if not p.get("replica_path")]
         if missing:

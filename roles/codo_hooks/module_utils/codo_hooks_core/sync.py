@@ -34,7 +34,7 @@ import stat
 import subprocess
 import tempfile
 
-from ansible.module_utils.codo_hooks_core.config import combined, config_text
+from ansible.module_utils.codo_hooks_core.config import CONTROL, combined, config_text
 
 SERVER_WIDE = "(server-wide)"
 GITALY_TIMEOUT_S = 300
@@ -81,6 +81,26 @@ def read_text(path):
             return handle.read()
     except (OSError, ValueError):
         return None
+
+
+def read_own_text(path):
+    """A file in a project's custom_hooks, which the git user can change between our lstat and
+    open: opened without following a link (nor blocking on a FIFO), read only if regular."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            fd = None
+            return handle.read()
+    except (OSError, ValueError):
+        return None
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 TOML_TABLE = re.compile(r"^\s*(\[\[?)\s*([\w.-]+)\s*\]\]?\s*(#.*)?$")
@@ -403,7 +423,7 @@ class Plan:
         if st is not None and kind(st) != "file":
             self.conflict(target, path, kind(st), "file")
             return
-        before = "" if st is None else (read_text(path) or "")
+        before = "" if st is None else (read_own_text(path) or "")
         if (
             st is None
             or not says_the_same(before, wanted)
@@ -467,7 +487,7 @@ class Plan:
                 entries.append(entry(config["dest"], described(config["dest"]), after))
         for path in self.remove_files:
             if path.endswith(".json") and kind(lstat(path)) == "file":
-                text = read_text(path) or ""
+                text = read_own_text(path) or ""
                 entries.append(
                     {"before_header": path, "after_header": "(absent)", "before": text, "after": ""}
                 )
@@ -579,13 +599,24 @@ class Applier:
 
     def directory(self, path):
         owner = self.plan.owners[path]
-        if lstat(path) is None:
+        created = lstat(path) is None
+        if created:
             os.mkdir(path, self.plan.dir_mode)
-            self.done.append("created " + path)
-        else:
-            self.done.append("fixed owner/mode of " + path)
-        os.chown(path, owner.uid, owner.gid)
-        os.chmod(path, self.plan.dir_mode)
+        # Through the directory itself, never a link: the git user owns the directory above and
+        # may have put a link in its place since the plan looked (chown would follow it).
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            raise Refused(
+                "{} is no longer a directory (replaced while the role ran): not followed; look at "
+                "what is there now and run again".format(path)
+            ) from None
+        try:
+            os.fchown(fd, owner.uid, owner.gid)
+            os.fchmod(fd, self.plan.dir_mode)
+        finally:
+            os.close(fd)
+        self.done.append(("created " if created else "fixed owner/mode of ") + path)
 
     def link(self, path):
         owner = self.plan.owners[path]
@@ -651,7 +682,16 @@ class GitalySender:
         with tempfile.TemporaryDirectory(prefix="codo-release-") as work:
             staged = os.path.join(work, "custom_hooks")
             if kind(lstat(target.hooks_dir)) == "directory":
-                shutil.copytree(target.hooks_dir, staged, symlinks=True)
+                try:
+                    shutil.copytree(target.hooks_dir, staged, symlinks=True)
+                except OSError as error:  # shutil.Error too: a named pipe, a socket, unreadable
+                    why = error.args[0][0][2] if isinstance(error, shutil.Error) else error
+                    raise Refused(
+                        "cannot copy {}'s custom_hooks to send it ({}): not sent; move away what "
+                        "is not a file, directory or link and run again".format(
+                            target.path, CONTROL.sub("?", str(why))
+                        )
+                    ) from None
             Applier(Plan(self.node.want).add(target.moved(staged, work))).run()
             archive = self.archive(work, target)
             self.hooks_set(target, archive)
