@@ -10,12 +10,15 @@ root's alone), made for each test and removed after it. Nothing is created syste
 
 import grp
 import hashlib
+import io
 import json
 import os
 import pwd
 import shutil
+import socket
 import stat
 import subprocess
+import tarfile
 import tempfile
 
 import pytest
@@ -775,3 +778,84 @@ def test_gitaly_a_fifo_the_git_user_left_in_custom_hooks_stops_apply_in_one_line
     assert rc == 1 and "Traceback" not in stderr, stderr
     assert "ops/web" in report["msg"] and fifo in report["msg"] and "\n" not in report["msg"], report["msg"]
     assert "named pipe" in report["msg"] and node.calls() == []
+
+
+def test_gitaly_copies_custom_hooks_with_the_git_users_rights_so_a_root_only_file_is_never_sent(node):
+    # The copy sent with `gitaly hooks set` must read custom_hooks as the git user: made as root,
+    # the git user could swap a file for a link to /etc/shadow between the copy's check and its
+    # read and get root's file back, git-owned, in custom_hooks. A race is not testable; a root-only
+    # file placed in custom_hooks is what root can read and the git user cannot.
+    web = node.repo(1)
+    node.own_hook(web)
+    secret = os.path.join(web, "custom_hooks", "secret")
+    with open(secret, "w", encoding="utf-8") as handle:
+        handle.write("root:only-root-reads-this\n")
+    os.chmod(secret, 0o600)
+    before = snapshot(node.storage)
+    rc, report, stderr = run_sync("apply", node.want("gitaly", [node.project("ops/web", 1)]))
+    assert rc == 1 and "Traceback" not in stderr, stderr
+    assert node.calls() == [] and snapshot(node.storage) == before
+    msg = report["msg"]
+    assert "ops/web" in msg and "secret" in msg and "\n" not in msg, msg
+    assert "Permission denied" in msg and "readable by " + node.user in msg, msg
+
+
+def test_gitaly_a_socket_the_git_user_left_in_custom_hooks_stops_apply_in_one_line(node):
+    web = node.repo(1)
+    node.own_hook(web)
+    with socket.socket(socket.AF_UNIX) as listening:  # the full path is too long for bind
+        cwd = os.getcwd()
+        os.chdir(os.path.join(web, "custom_hooks"))
+        try:
+            listening.bind("sock")
+        finally:
+            os.chdir(cwd)
+        os.chown(os.path.join(web, "custom_hooks", "sock"), node.uid, node.gid)
+        before = snapshot(node.storage)
+        rc, report, stderr = run_sync("apply", node.want("gitaly", [node.project("ops/web", 1)]))
+    assert rc == 1 and "Traceback" not in stderr, stderr
+    assert "ops/web" in report["msg"] and "sock" in report["msg"] and "\n" not in report["msg"]
+    assert node.calls() == []
+    assert snapshot(node.storage) == before
+
+
+@pytest.mark.parametrize("escape", ["through a link", "with ..", "absolute"])
+def test_gitaly_the_copy_the_git_user_shapes_is_never_unpacked_outside_the_staging_dir(node, escape):
+    # The copy is read by a `tar` that runs as the git user, who may bend what it writes (same
+    # user: ptrace). Root unpacks it: nothing may land outside, as root, whatever the entries.
+    web = node.repo(1)
+    node.own_hook(web)
+    outside = os.path.join(node.base, "outside")
+    os.mkdir(outside)
+    crafted = os.path.join(node.base, "crafted.tar")
+    with tarfile.open(crafted, "w", format=tarfile.GNU_FORMAT) as archive:
+        top = tarfile.TarInfo("./")
+        top.type, top.mode = tarfile.DIRTYPE, 0o755
+        archive.addfile(top)
+        name = {
+            "through a link": "./esc/planted",
+            "with ..": "./" + "../" * 12 + outside.lstrip("/") + "/planted",
+            "absolute": os.path.join(outside, "planted"),
+        }[escape]
+        if escape == "through a link":
+            link = tarfile.TarInfo("./esc")
+            link.type, link.linkname = tarfile.SYMTYPE, outside
+            archive.addfile(link)
+        body = b"#!/bin/sh\necho planted by git, written by root\n"
+        planted = tarfile.TarInfo(name)
+        planted.size, planted.mode = len(body), 0o4755
+        archive.addfile(planted, io.BytesIO(body))
+    os.chmod(crafted, 0o644)
+    trap = os.path.join(node.base, "trap")
+    os.mkdir(trap)
+    with open(os.path.join(trap, "tar"), "w", encoding="utf-8") as handle:
+        handle.write('#!/bin/sh\n[ "$1" = --create ] && exec cat {}\nexec {} "$@"\n'.format(
+            crafted, shutil.which("tar")))
+    os.chmod(os.path.join(trap, "tar"), 0o755)
+    before = snapshot(node.storage)
+    env = dict(os.environ, PATH=trap + os.pathsep + os.environ["PATH"])
+    rc, report, stderr = run_sync("apply", node.want("gitaly", [node.project("ops/web", 1)]), env=env)
+    assert os.listdir(outside) == []
+    assert rc == 1 and "Traceback" not in stderr, stderr
+    assert "ops/web" in report["msg"] and "planted" in report["msg"] and "\n" not in report["msg"]
+    assert node.calls() == [] and snapshot(node.storage) == before

@@ -32,6 +32,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tarfile
 import tempfile
 
 from ansible.module_utils.codo_hooks_core.config import CONTROL, combined, config_text
@@ -670,6 +671,44 @@ def manifest(top):
     return entries
 
 
+KINDS = {tarfile.FIFOTYPE: "a named pipe", tarfile.CHRTYPE: "a device", tarfile.BLKTYPE: "a device"}
+
+
+def unpack(packed, top, shown):
+    """Make top (which must not exist) hold what the archive packed holds, as root: regular
+    files, directories and symbolic links (never followed), each mode's rwx bits kept. Anything
+    else, a name with `..`, or an entry not under a directory made here is a ValueError naming
+    it as under shown."""
+    os.mkdir(top, 0o700)
+    made = {os.curdir}
+    with tarfile.open(packed, "r:") as archive:
+        for entry in archive:
+            name = os.path.normpath(entry.name)
+            where = os.path.join(shown, name)
+            if os.path.isabs(entry.name) or os.pardir in entry.name.split("/"):
+                raise ValueError("{} is outside custom_hooks".format(where))
+            if name != os.curdir and (os.path.dirname(name) or os.curdir) not in made:
+                raise ValueError("{} is not in a directory".format(where))
+            path = os.path.join(top, name)
+            mode = entry.mode & 0o777
+            if name == os.curdir and entry.isdir():
+                os.chmod(top, mode)
+            elif entry.isdir():
+                os.mkdir(path, 0o700)
+                os.chmod(path, mode)
+                made.add(name)
+            elif entry.issym():
+                os.symlink(entry.linkname, path)
+            elif entry.isreg():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(archive.extractfile(entry), out)
+                    os.fchmod(out.fileno(), mode)
+            else:
+                what = KINDS.get(entry.type, "not a file, directory or link")
+                raise ValueError("{} is {}".format(where, what))
+
+
 class GitalySender:
     """Sends a project's whole hook set, our entries changed, with `gitaly hooks set`."""
 
@@ -682,16 +721,7 @@ class GitalySender:
         with tempfile.TemporaryDirectory(prefix="codo-release-") as work:
             staged = os.path.join(work, "custom_hooks")
             if kind(lstat(target.hooks_dir)) == "directory":
-                try:
-                    shutil.copytree(target.hooks_dir, staged, symlinks=True)
-                except OSError as error:  # shutil.Error too: a named pipe, a socket, unreadable
-                    why = error.args[0][0][2] if isinstance(error, shutil.Error) else error
-                    raise Refused(
-                        "cannot copy {}'s custom_hooks to send it ({}): not sent; move away what "
-                        "is not a file, directory or link and run again".format(
-                            target.path, CONTROL.sub("?", str(why))
-                        )
-                    ) from None
+                self.copy(target, work, staged)
             Applier(Plan(self.node.want).add(target.moved(staged, work))).run()
             archive = self.archive(work, target)
             self.hooks_set(target, archive)
@@ -700,6 +730,61 @@ class GitalySender:
             target.path, target.storage, target.relative, "; ".join(plan.lines())
         )
         return sent, line
+
+    def copy(self, target, work, staged):
+        """The project's custom_hooks into staged (root's), read with the git user's rights only.
+
+        The git user owns custom_hooks and may swap any entry for a link while it is copied: read
+        by root, a link to /etc/shadow would be followed. So `tar` reads it as the git user, and
+        root unpacks that archive, which the git user may have shaped at will: only files,
+        directories and links, each in a directory made here, never through a link."""
+        packed = os.path.join(work, "copy.tar")
+        git = self.node.git
+        argv = ["tar", "--create", "--file", "-", "--format=gnu", "--hard-dereference"]
+        argv += ["-C", target.hooks_dir, "."]
+        env = {"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"}
+        try:
+            with open(packed, "wb") as out:
+                run = subprocess.run(
+                    argv,
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                    universal_newlines=True,
+                    preexec_fn=git.become,
+                    cwd="/",
+                    env=env,
+                    timeout=GITALY_TIMEOUT_S,
+                )
+        except subprocess.TimeoutExpired:
+            raise Refused(
+                "copying {}'s custom_hooks as {} took over {} s: not sent".format(
+                    target.path, git.user, GITALY_TIMEOUT_S
+                )
+            ) from None
+        said = run.stderr.strip().splitlines()
+        if run.returncode != 0 or said:  # also "socket ignored", exit 0
+            raise Refused(
+                "cannot copy {}'s custom_hooks ({}) as {} to send it ({}): not sent; make what it "
+                "names readable by {} or move it away (only files, directories and links can be "
+                "sent) and run again".format(
+                    target.path,
+                    target.hooks_dir,
+                    git.user,
+                    CONTROL.sub("?", (said or ["tar exit status {}".format(run.returncode)])[0]),
+                    git.user,
+                )
+            )
+        try:
+            unpack(packed, staged, target.hooks_dir)
+        except (OSError, ValueError, tarfile.TarError) as error:
+            raise Refused(
+                "cannot copy {}'s custom_hooks to send it ({}): not sent; move away what is not "
+                "a file, directory or link and run again".format(
+                    target.path, CONTROL.sub("?", str(error))
+                )
+            ) from None
+        finally:
+            os.unlink(packed)
 
     def archive(self, work, target):
         """custom_hooks.tar with custom_hooks/ at its root, or Refused: never a wiping archive."""
